@@ -1,0 +1,151 @@
+"""Loading WAV and FLAC clips into checked, mono float32 samples.
+
+Every path into the system (training, evaluation, the CLI, the app) loads audio here,
+so a bad file is refused the same way everywhere: with an :class:`AudioError` whose
+message a person can act on, never a silent wrong answer. What is fixed on the way
+(downmix to mono, resampling) is reported in :attr:`AudioClip.notes`.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import soundfile as sf
+
+SUPPORTED_FORMATS = ("WAV", "FLAC")
+
+
+class AudioError(ValueError):
+    """A clip cannot be used: empty, not WAV/FLAC, truncated, or holding NaN/Inf."""
+
+
+@dataclass
+class AudioClip:
+    """A decoded clip.
+
+    Attributes
+    ----------
+    samples : np.ndarray [shape=(n_samples,), dtype=float32]
+        Mono samples in [-1, 1].
+    sample_rate : int
+        Samples per second (Hz), after any resampling.
+    name : str
+        File name, for messages.
+    notes : list of str
+        What was changed on loading (downmix, resampling), for the user to see.
+    """
+
+    samples: np.ndarray
+    sample_rate: int
+    name: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def duration_s(self) -> float:
+        """Length in seconds."""
+        return len(self.samples) / self.sample_rate
+
+
+def _wav_data_shortfall(data: bytes) -> int:
+    """Bytes missing from a RIFF/WAVE file's ``data`` chunk (0 if complete or not WAV).
+
+    libsndfile quietly reads whatever part of a truncated WAV is there, so the declared
+    chunk size is checked against the bytes present. Streaming writers that leave the
+    size as 0 or 0xFFFFFFFF declare nothing and pass.
+    """
+    if len(data) < 12 or data[:4] not in (b"RIFF", b"RIFX") or data[8:12] != b"WAVE":
+        return 0
+    order = "<" if data[:4] == b"RIFF" else ">"
+    offset = 12
+    while offset + 8 <= len(data):
+        chunk_id = data[offset : offset + 4]
+        (size,) = struct.unpack(order + "I", data[offset + 4 : offset + 8])
+        if chunk_id == b"data":
+            if size in (0, 0xFFFFFFFF):
+                return 0
+            return max(0, size - (len(data) - offset - 8))
+        offset += 8 + size + (size & 1)
+    return 0
+
+
+def load_audio(
+    source: str | Path | bytes | BinaryIO,
+    sample_rate: int,
+    name: str | None = None,
+) -> AudioClip:
+    """Decode a WAV or FLAC clip to mono float32 at ``sample_rate``.
+
+    Parameters
+    ----------
+    source : str, Path, bytes or binary file object
+        The clip: a path, its bytes (e.g. an upload) or an open binary file.
+    sample_rate : int
+        Rate the features expect (Hz). A clip at another rate is resampled with
+        ``librosa.resample`` (soxr, high quality) and a note says so.
+    name : str, optional
+        Name for messages; defaults to the file name.
+
+    Returns
+    -------
+    AudioClip
+        ``samples`` has shape ``(n_samples,)``, dtype float32; several channels are
+        averaged to one (noted).
+
+    Raises
+    ------
+    AudioError
+        Empty file; not a WAV/FLAC file (e.g. text renamed ``.wav``); a truncated file
+        (header declares more samples than present); no samples; NaN or Inf samples.
+    FileNotFoundError
+        If ``source`` is a path that does not exist.
+    """
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        name = name or path.name
+        data = path.read_bytes()
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    else:
+        data = source.read()
+    name = name or "clip"
+    if not data:
+        raise AudioError(f"{name}: the file is empty (0 bytes)")
+    try:
+        info = sf.info(io.BytesIO(data))
+        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+        raise AudioError(f"{name}: not a readable WAV or FLAC file ({_short(exc)})") from None
+    if info.format not in SUPPORTED_FORMATS:
+        raise AudioError(f"{name}: {info.format_info} is not supported; upload WAV or FLAC")
+    missing = _wav_data_shortfall(data)
+    if missing or (info.frames > 0 and len(samples) < info.frames):
+        raise AudioError(
+            f"{name}: the file is truncated (its header declares more audio than it holds); "
+            "re-export or copy it again"
+        )
+    if samples.shape[0] == 0:
+        raise AudioError(f"{name}: the file holds no audio samples")
+    if not np.isfinite(samples).all():
+        raise AudioError(f"{name}: the audio holds NaN or infinite sample values")
+    notes = []
+    if samples.shape[1] > 1:
+        notes.append(f"downmixed {samples.shape[1]} channels to mono")
+    mono = samples.mean(axis=1, dtype=np.float32)
+    if rate != sample_rate:
+        import librosa  # only here: resampling is the exception, keep plain loads light
+
+        mono = librosa.resample(mono, orig_sr=rate, target_sr=sample_rate, res_type="soxr_hq")
+        mono = mono.astype(np.float32, copy=False)
+        notes.append(f"resampled from {rate} Hz to {sample_rate} Hz")
+    return AudioClip(samples=mono, sample_rate=sample_rate, name=name, notes=notes)
+
+
+def _short(exc: Exception) -> str:
+    """libsndfile's reason without the BytesIO object repr it includes."""
+    text = str(exc)
+    return text.split(": ", 1)[-1] if text.startswith("Error opening") else text

@@ -1,0 +1,166 @@
+"""The ``asd`` command: train, evaluate and score.
+
+Bad input ends with a one-line ``asd: error: ...`` message and exit code 2, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+from .audio import AudioError
+from .config import ConfigError
+from .data import FileNameError
+from .features import ClipTooShortError
+from .layout import ModelNotFoundError
+from .metadata import ModelMismatchError
+from .serving import ServingError
+
+EXIT_BAD_INPUT = 2
+# Errors a user can act on: reported in one line, never as a traceback.
+USER_ERRORS = (
+    AudioError,
+    ClipTooShortError,
+    ConfigError,
+    FileNameError,
+    FileNotFoundError,
+    FileExistsError,
+    ModelMismatchError,
+    ModelNotFoundError,
+    ServingError,
+    ValueError,
+)
+
+
+def _fail(message: str) -> int:
+    print(f"asd: error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _add_backend_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--model", metavar="DIR", help="model directory in TF Serving's layout, run in-process")
+    group.add_argument("--server", metavar="URL", help="TF Serving REST base URL, e.g. http://localhost:8501")
+    parser.add_argument("--name", help="model name on the server (with --server) or in a models directory")
+    parser.add_argument("--model-version", type=int, help="model version (default: latest)")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per server request (default 10)")
+
+
+def _detector(args):
+    from .inference import Detector
+    from .serving import make_backend
+
+    backend = make_backend(
+        model_dir=args.model, server_url=args.server, name=args.name, version=args.model_version, timeout_s=args.timeout
+    )
+    return Detector(backend)
+
+
+def cmd_train(args) -> int:
+    from .config import load_train_config
+
+    config = load_train_config(args.config, args.set)
+    from .train import train  # imports TensorFlow: after the config is known to be valid
+
+    result = train(config)
+    print(f"model: {result.version_dir}")
+    print(f"tensorboard: tensorboard --logdir {result.run_dir.parent}")
+    return 0
+
+
+def _format_metrics(metrics: dict) -> str:
+    def fmt(value):
+        return "n/a" if value is None else f"{value:.4f}"
+
+    lines = [
+        f"model {metrics['model']['name']} v{metrics['model']['version']} on {metrics['data_dir']} "
+        f"({metrics['n_clips']} clips, threshold {metrics['threshold']:.4f})",
+        f"  AUC-source      {fmt(metrics['auc_source'])}",
+        f"  AUC-target      {fmt(metrics['auc_target'])}",
+        f"  pAUC (FPR<=0.1) {fmt(metrics['pauc'])}",
+        f"  official score  {fmt(metrics['official_score'])}",
+        f"  at threshold: precision {fmt(metrics['precision'])}  recall {fmt(metrics['recall'])}  "
+        f"F1 {fmt(metrics['f1'])}  ({metrics['n_flagged']} of {metrics['n_clips']} flagged)",
+    ]
+    for section, values in metrics["sections"].items():
+        for domain, prf in values["per_domain"].items():
+            lines.append(
+                f"  section {section} {domain}: precision {fmt(prf['precision'])}  recall {fmt(prf['recall'])}  "
+                f"F1 {fmt(prf['f1'])}  ({prf['n_normal']} normal, {prf['n_anomaly']} anomaly)"
+            )
+    return "\n".join(lines)
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluation import evaluate_directory, write_scores_csv
+
+    detector = _detector(args)
+    metrics, rows = evaluate_directory(detector, args.data)
+    print(_format_metrics(metrics))
+    if args.json:
+        Path(args.json).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        print(f"metrics written to {args.json}")
+    if args.scores_csv:
+        write_scores_csv(rows, detector.threshold, args.scores_csv)
+        print(f"per-clip scores written to {args.scores_csv}")
+    return 0
+
+
+def cmd_score(args) -> int:
+    detector = _detector(args)
+    failed = 0
+    for file in args.files:
+        try:
+            result = detector.score_file(Path(file), name=file)
+        except (AudioError, ClipTooShortError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+            failed += 1
+            message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            print(f"asd: error: {file}: {message}" if isinstance(exc, OSError) else f"asd: error: {exc}", file=sys.stderr)
+            continue
+        notes = f"\t({'; '.join(result.notes)})" if result.notes else ""
+        print(f"{file}\t{result.score:.6f}\t{result.threshold:.6f}\t{result.verdict}{notes}", flush=True)
+    return EXIT_BAD_INPUT if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="asd", description="Unsupervised anomalous sound detection for machine condition monitoring."
+    )
+    parser.add_argument("--version", action="version", version=f"asd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model on normal clips and export it as a SavedModel")
+    p.add_argument("--config", required=True, help="YAML training config (see development/configs/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting, e.g. training.epochs=3")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="AUC per domain, pAUC and official score on a labelled test set")
+    _add_backend_options(p)
+    p.add_argument("--data", required=True, help="machine-type folder with test/ (e.g. dev_data/ToyCar)")
+    p.add_argument("--json", metavar="FILE", help="also write the metrics as JSON")
+    p.add_argument("--scores-csv", metavar="FILE", help="also write each clip's score as CSV")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("score", help="score WAV/FLAC files: file, anomaly score, threshold, verdict")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    _add_backend_options(p)
+    p.set_defaults(func=cmd_score)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return _fail("interrupted")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Training configuration: one YAML file, overridable from the command line.
+
+Every setting of a training run lives in one YAML file (as in the DCASE baselines'
+``baseline.yaml``); ``--set key=value`` overrides any of them, with dotted keys for
+nested ones (``--set training.epochs=3``). Values are parsed as YAML scalars.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .features import FeatureConfig
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be used."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSettings(_Strict):
+    """Convolutional autoencoder shape: one strided 3x3 conv block per filter count
+    (each halves both axes), a dense bottleneck of ``latent_dim`` units, mirrored decoder."""
+
+    filters: list[int] = Field(default=[16, 32, 64], min_length=1)
+    latent_dim: int = Field(default=32, gt=0)
+
+
+class TrainingSettings(_Strict):
+    epochs: int = Field(default=40, gt=0)
+    batch_size: int = Field(default=128, gt=0)
+    learning_rate: float = Field(default=1e-3, gt=0)
+    validation_fraction: float = Field(default=0.1, gt=0, lt=1)
+    early_stopping_patience: int = Field(default=5, ge=0)
+    max_train_clips: int | None = Field(default=None, gt=0, description="use at most this many clips (quick runs)")
+
+
+class ThresholdSettings(_Strict):
+    quantile: float = Field(default=0.9, gt=0, lt=1)
+
+
+class TrainConfig(_Strict):
+    """A training run. Relative paths are taken from the working directory;
+    ``$VARS`` and ``~`` are expanded."""
+
+    name: str = Field(default="toycar", pattern=r"^[A-Za-z0-9_.-]+$")
+    machine_type: str | None = None
+    data_dir: Path
+    models_dir: Path = Path("production/models")
+    runs_dir: Path = Path("runs")
+    version: int | None = Field(default=None, gt=0)
+    seed: int = 13711
+    features: dict[str, Any] = Field(default_factory=dict)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    threshold: ThresholdSettings = Field(default_factory=ThresholdSettings)
+    evaluate: bool = True
+
+    @field_validator("data_dir", "models_dir", "runs_dir", mode="before")
+    @classmethod
+    def _expand(cls, value):
+        return Path(os.path.expanduser(os.path.expandvars(str(value))))
+
+    @field_validator("features")
+    @classmethod
+    def _features(cls, value):
+        FeatureConfig.from_dict(value)  # raises on unknown or invalid settings
+        return value
+
+    def feature_config(self) -> FeatureConfig:
+        return FeatureConfig.from_dict(self.features)
+
+
+def apply_overrides(values: dict, overrides: list[str]) -> dict:
+    """Apply ``key=value`` overrides (dotted keys for nesting) to a config mapping.
+
+    Raises
+    ------
+    ConfigError
+        If an override has no ``=`` or walks into a non-mapping.
+    """
+    values = dict(values)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not key=value (e.g. training.epochs=3)")
+        node = values
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+            node[part] = child = dict(child)
+            node = child
+        node[parts[-1]] = yaml.safe_load(raw) if raw else ""
+    return values
+
+
+def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML training config and apply overrides.
+
+    Raises
+    ------
+    ConfigError
+        Missing or unparsable file, unknown keys, or invalid values (all named).
+    """
+    try:
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of settings")
+    values = apply_overrides(values, overrides or [])
+    try:
+        return TrainConfig.model_validate(values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"config {path}: {problems}") from None

@@ -1,0 +1,60 @@
+"""Scoring a labelled test set and computing its DCASE metrics."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from pathlib import Path
+
+from .data import ClipInfo, list_clips
+from .inference import Detector
+from .metrics import evaluate_scores
+from .scoring import verdict
+
+
+def evaluate_directory(
+    detector: Detector,
+    data_dir: str | Path,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[dict, list[tuple[ClipInfo, float]]]:
+    """Score every test clip of a machine-type folder and compute the official metrics.
+
+    Parameters
+    ----------
+    detector : Detector
+    data_dir : str or Path
+        A machine-type folder with ``test/`` (e.g. ``dev_data/ToyCar``) or a test
+        folder itself; file names must carry normal/anomaly labels.
+    progress : callable, optional
+        Called as ``progress(done, total)`` after each clip.
+
+    Returns
+    -------
+    metrics : dict
+        :func:`asd.metrics.evaluate_scores` output, plus ``data_dir`` and ``model``.
+    scores : list of (ClipInfo, float)
+        Each clip's anomaly score.
+
+    Raises
+    ------
+    FileNotFoundError, asd.data.FileNameError, asd.audio.AudioError, ValueError
+    """
+    clips = list_clips(data_dir, split=None if Path(data_dir).name == "test" else "test")
+    scores = []
+    for done, clip in enumerate(clips, 1):
+        scores.append(detector.score_file(clip.path).score)
+        if progress:
+            progress(done, len(clips))
+    metrics = evaluate_scores(clips, scores, detector.threshold)
+    meta = detector.metadata
+    metrics = {"model": {"name": meta.name, "version": meta.version}, "data_dir": str(data_dir), **metrics}
+    return metrics, list(zip(clips, scores))
+
+
+def write_scores_csv(rows: list[tuple[ClipInfo, float]], threshold: float, path: str | Path) -> None:
+    """Per-clip scores as CSV (file, section, domain, label, score, verdict), DCASE style."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "section", "domain", "label", "anomaly_score", "verdict"])
+        for clip, score in rows:
+            writer.writerow([clip.path.name, f"{clip.section:02d}", clip.domain, clip.label, f"{score:.6f}", verdict(score, threshold)])

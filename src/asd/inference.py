@@ -1,0 +1,124 @@
+"""One clip from audio to verdict, through any backend.
+
+The CLI, the app and evaluation all score clips with :class:`Detector`, so they share
+the feature path (:func:`asd.features.clip_patches`), the score and the threshold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from .audio import AudioClip, load_audio
+from .features import FeatureConfig, clip_patches, patches_to_frames
+from .scoring import clip_score, verdict
+
+
+@dataclass
+class ClipResult:
+    """A scored clip, with what explains the score.
+
+    Attributes
+    ----------
+    name : str
+    score : float
+        Anomaly score: mean patch reconstruction error (standardised log-mel units).
+    threshold : float
+        The model's decision threshold (same units).
+    verdict : str
+        ``"normal"`` or ``"anomalous"``.
+    logmel : np.ndarray [shape=(n_mels, n_frames), dtype=float32]
+        The clip's log-mel spectrogram (dB).
+    reconstruction : np.ndarray [shape=(n_mels, n_frames), dtype=float32]
+        The model's reconstruction (dB), overlap-averaged over patches.
+    frame_error : np.ndarray [shape=(n_frames,), dtype=float32]
+        Reconstruction error of each frame, overlap-averaged over patches.
+    patch_error : np.ndarray [shape=(n_patches,), dtype=float32]
+    frame_seconds : float
+        Seconds between frames, for time axes.
+    notes : list of str
+        What loading changed (downmix, resampling).
+    """
+
+    name: str
+    score: float
+    threshold: float
+    verdict: str
+    logmel: np.ndarray
+    reconstruction: np.ndarray
+    frame_error: np.ndarray
+    patch_error: np.ndarray
+    frame_seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def margin(self) -> float:
+        """``score - threshold``: positive means anomalous."""
+        return self.score - self.threshold
+
+    @property
+    def frame_times_s(self) -> np.ndarray:
+        """Start time of each frame in seconds, shape ``(n_frames,)``."""
+        return np.arange(len(self.frame_error)) * self.frame_seconds
+
+
+class Detector:
+    """Scores clips with a backend's model, after checking the model fits this code.
+
+    Parameters
+    ----------
+    backend : asd.serving.Backend
+    features : FeatureConfig, optional
+        Features this code computes; default the package's :class:`FeatureConfig`.
+
+    Raises
+    ------
+    asd.metadata.ModelMismatchError
+        If the model was trained on other feature settings.
+    """
+
+    def __init__(self, backend, features: FeatureConfig | None = None):
+        self.backend = backend
+        self.features = features or FeatureConfig()
+        self.metadata = backend.metadata
+        self.metadata.check_features(self.features)
+        self.threshold = self.metadata.threshold_value
+
+    def score_clip(self, clip: AudioClip) -> ClipResult:
+        """Score a decoded clip.
+
+        Raises
+        ------
+        asd.features.ClipTooShortError
+            Shorter than one patch.
+        asd.serving.ServingError
+            The backend failed.
+        """
+        logmel, patches = clip_patches(clip.samples, self.features)
+        prediction = self.backend.predict(patches)
+        n_frames = logmel.shape[1]
+        score = clip_score(prediction.patch_error)
+        return ClipResult(
+            name=clip.name,
+            score=score,
+            threshold=self.threshold,
+            verdict=verdict(score, self.threshold),
+            logmel=logmel,
+            reconstruction=patches_to_frames(prediction.reconstruction, n_frames, self.features),
+            frame_error=patches_to_frames(prediction.frame_error, n_frames, self.features),
+            patch_error=prediction.patch_error,
+            frame_seconds=self.features.frame_seconds,
+            notes=list(clip.notes),
+        )
+
+    def score_file(self, source: str | Path | bytes | BinaryIO, name: str | None = None) -> ClipResult:
+        """Load (see :func:`asd.audio.load_audio`) and score one file.
+
+        Raises
+        ------
+        asd.audio.AudioError, asd.features.ClipTooShortError, asd.serving.ServingError
+        """
+        return self.score_clip(load_audio(source, self.features.sample_rate, name=name))

@@ -1,0 +1,161 @@
+"""What travels with an exported model, and the check that the app agrees with it.
+
+A model directory in TF Serving's layout (``<models>/<name>/<version>/``) holds the
+SavedModel and ``assets.extra/asd_metadata.json``: feature settings, normalisation,
+decision threshold, training provenance and evaluation figures. TF Serving ignores
+``assets.extra`` but copies it with the model; the same JSON is also served by the
+SavedModel's ``metadata`` signature so that a client that sees only the server's REST
+API gets it too.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .features import FeatureConfig
+
+FORMAT = "asd-model/1"
+METADATA_FILE = "assets.extra/asd_metadata.json"
+SERVING_SIGNATURE = "serving_default"
+METADATA_SIGNATURE = "metadata"
+INPUT_NAME = "logmel_patches"
+OUTPUT_NAMES = ("reconstruction", "patch_error", "frame_error")
+METADATA_INPUT_NAME = "unused"
+METADATA_OUTPUT_NAME = "metadata_json"
+
+
+class ModelMismatchError(ValueError):
+    """A model that this code must not use: other feature settings or an unknown format."""
+
+
+@dataclass
+class ModelMetadata:
+    """Metadata of one exported model version.
+
+    Attributes
+    ----------
+    name : str
+        Model name as served (``/v1/models/<name>``), e.g. ``"toycar"``.
+    version : int
+        TF Serving model version (positive integer, the folder name).
+    machine_type : str
+        Machine type it was trained on, e.g. ``"ToyCar"``.
+    detector : str
+        Detector family, e.g. ``"conv_autoencoder"``.
+    features : FeatureConfig
+        Feature settings the model was trained with.
+    threshold : dict
+        Decision threshold: ``value`` plus how it was fitted (see
+        :class:`asd.scoring.GammaThreshold`).
+    normalisation : dict
+        Per-mel standardisation baked into the SavedModel (``mean``, ``std`` in dB,
+        length n_mels), recorded for inspection.
+    training : dict
+        Provenance: config, seed, data, clip counts, epochs, losses, versions, time.
+    evaluation : dict or None
+        Figures of :func:`asd.metrics.evaluate_scores` on a labelled test set.
+    """
+
+    name: str
+    version: int
+    machine_type: str
+    detector: str
+    features: FeatureConfig
+    threshold: dict
+    normalisation: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+    evaluation: dict | None = None
+    format: str = FORMAT
+
+    @property
+    def threshold_value(self) -> float:
+        return float(self.threshold["value"])
+
+    def to_dict(self) -> dict:
+        return {
+            "format": self.format,
+            "name": self.name,
+            "version": self.version,
+            "machine_type": self.machine_type,
+            "detector": self.detector,
+            "features": self.features.to_dict(),
+            "threshold": self.threshold,
+            "signature": {
+                "name": SERVING_SIGNATURE,
+                "input": INPUT_NAME,
+                "input_shape": [None, self.features.n_mels, self.features.patch_frames],
+                "outputs": list(OUTPUT_NAMES),
+            },
+            "normalisation": self.normalisation,
+            "training": self.training,
+            "evaluation": self.evaluation,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelMetadata":
+        """Parse metadata; raises ModelMismatchError for an unknown format."""
+        if values.get("format") != FORMAT:
+            raise ModelMismatchError(
+                f"model metadata format {values.get('format')!r} is not {FORMAT!r}: "
+                "this model was exported by another version of asd; re-export it"
+            )
+        try:
+            return cls(
+                name=values["name"],
+                version=int(values["version"]),
+                machine_type=values["machine_type"],
+                detector=values["detector"],
+                features=FeatureConfig.from_dict(values["features"]),
+                threshold=values["threshold"],
+                normalisation=values.get("normalisation", {}),
+                training=values.get("training", {}),
+                evaluation=values.get("evaluation"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelMismatchError(f"model metadata is incomplete or invalid: {exc}") from None
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "ModelMetadata":
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def read(cls, version_dir: str | Path) -> "ModelMetadata":
+        """Read ``<version_dir>/assets.extra/asd_metadata.json``.
+
+        Raises
+        ------
+        ModelMismatchError
+            If the file is missing (not an asd model) or invalid.
+        """
+        path = Path(version_dir) / METADATA_FILE
+        if not path.is_file():
+            raise ModelMismatchError(f"{version_dir}: no {METADATA_FILE}; not a model exported by asd")
+        return cls.from_json(path.read_text(encoding="utf-8"))
+
+    def write(self, version_dir: str | Path) -> Path:
+        path = Path(version_dir) / METADATA_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_json() + "\n", encoding="utf-8")
+        return path
+
+    def check_features(self, expected: FeatureConfig) -> None:
+        """Refuse a model trained on other features than the caller computes.
+
+        Raises
+        ------
+        ModelMismatchError
+            Listing every differing setting (model's value != caller's value).
+        """
+        diffs = self.features.differences(expected)
+        if diffs:
+            raise ModelMismatchError(
+                f"model '{self.name}' version {self.version} was trained with other feature "
+                f"settings than this app computes ({'; '.join(diffs)}; model != app). "
+                "Retrain the model with the app's feature settings, or run the app version "
+                "the model was made for."
+            )

@@ -1,0 +1,136 @@
+"""Backends that run an exported model: one interface, one implementation per runtime.
+
+- :class:`asd.serving.rest.RestBackend`: TensorFlow Serving's REST API (no TensorFlow
+  needed in the client's process);
+- :class:`asd.serving.inprocess.InProcessBackend`: the SavedModel loaded with
+  ``tf.saved_model.load``, for use without Docker.
+
+Each gives the model's :class:`~asd.metadata.ModelMetadata` and ``predict(patches)``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from ..metadata import ModelMetadata
+
+
+class ServingError(RuntimeError):
+    """The model server cannot be reached, or refused or garbled a request."""
+
+
+@dataclass
+class Prediction:
+    """The ``serving_default`` signature's outputs for a batch of patches.
+
+    Attributes
+    ----------
+    reconstruction : np.ndarray [shape=(n_patches, n_mels, patch_frames), dtype=float32]
+        The autoencoder's reconstruction, in dB like the input.
+    patch_error : np.ndarray [shape=(n_patches,), dtype=float32]
+        Mean squared error of each patch, in standardised log-mel units.
+    frame_error : np.ndarray [shape=(n_patches, patch_frames), dtype=float32]
+        Mean squared error of each frame of each patch (mean over mel bands).
+    """
+
+    reconstruction: np.ndarray
+    patch_error: np.ndarray
+    frame_error: np.ndarray
+
+    @classmethod
+    def from_outputs(cls, outputs: dict, n_patches: int) -> "Prediction":
+        """Build from a mapping of output name -> array, checking the batch size.
+
+        Raises
+        ------
+        ServingError
+            If an output is missing or its first dimension is not ``n_patches``.
+        """
+        try:
+            arrays = {k: np.asarray(outputs[k], dtype=np.float32) for k in ("reconstruction", "patch_error", "frame_error")}
+        except KeyError as exc:
+            raise ServingError(f"the model's answer lacks the output {exc}; is it an asd model?") from None
+        for key, value in arrays.items():
+            if value.ndim == 0 or value.shape[0] != n_patches:
+                raise ServingError(f"output '{key}' has shape {value.shape}, expected {n_patches} rows")
+        return cls(**arrays)
+
+
+class Backend(Protocol):
+    """What the app and the CLI need of a model runtime."""
+
+    metadata: ModelMetadata
+
+    def predict(self, patches: np.ndarray) -> Prediction:
+        """Run ``serving_default`` on ``(n_patches, n_mels, patch_frames)`` float32 patches."""
+
+    def describe(self) -> str:
+        """One line naming the runtime and the model, for status displays."""
+
+
+def make_backend(
+    model_dir: str | None = None,
+    server_url: str | None = None,
+    name: str | None = None,
+    version: int | None = None,
+    timeout_s: float = 10.0,
+) -> Backend:
+    """Open a backend: a TF Serving REST URL, or a model directory served in-process.
+
+    Raises
+    ------
+    ValueError
+        If neither or both of ``model_dir`` and ``server_url`` are given, or a server
+        URL comes without a model name.
+    ServingError, asd.layout.ModelNotFoundError, asd.metadata.ModelMismatchError
+        From the backend.
+    """
+    if bool(model_dir) == bool(server_url):
+        raise ValueError("give either a model directory or a TF Serving URL (not both)")
+    if server_url:
+        if not name:
+            raise ValueError("a TF Serving URL needs the model name (e.g. --name toycar)")
+        from .rest import RestBackend
+
+        return RestBackend(server_url, name, version=version, timeout_s=timeout_s)
+    from .inprocess import InProcessBackend  # imports TensorFlow
+
+    return InProcessBackend(model_dir, name=name, version=version)
+
+
+def backend_from_env(environ: dict | None = None) -> Backend:
+    """The app's backend from its environment.
+
+    ``ASD_SERVING_URL`` (TF Serving REST base URL, e.g. ``http://serving:8501``) or
+    ``ASD_MODEL_DIR`` (a models directory in TF Serving's layout, served in-process);
+    ``ASD_MODEL_NAME`` names the model (needed with a URL; optional with a directory
+    holding one model); ``ASD_MODEL_VERSION`` pins a version (default: latest);
+    ``ASD_SERVING_TIMEOUT_S`` bounds each request (default 10 s).
+
+    Raises
+    ------
+    ValueError
+        If neither or both variables are set, or a value is malformed.
+    """
+    env = os.environ if environ is None else environ
+    url, model_dir = env.get("ASD_SERVING_URL"), env.get("ASD_MODEL_DIR")
+    if not url and not model_dir:
+        raise ValueError(
+            "set ASD_SERVING_URL (TF Serving REST URL) or ASD_MODEL_DIR (a models directory) "
+            "to choose the model backend"
+        )
+    if url and model_dir:
+        raise ValueError("set only one of ASD_SERVING_URL and ASD_MODEL_DIR")
+    version = env.get("ASD_MODEL_VERSION")
+    try:
+        version_number = int(version) if version else None
+        timeout_s = float(env.get("ASD_SERVING_TIMEOUT_S", "10"))
+    except ValueError:
+        raise ValueError("ASD_MODEL_VERSION must be an integer and ASD_SERVING_TIMEOUT_S a number") from None
+    return make_backend(
+        model_dir=model_dir, server_url=url, name=env.get("ASD_MODEL_NAME"), version=version_number, timeout_s=timeout_s
+    )

@@ -1,0 +1,134 @@
+"""Client for TensorFlow Serving's REST API.
+
+Endpoints (TF Serving docs, "RESTful API"):
+
+- ``GET  /v1/models/<name>[/versions/<v>]`` -> ``{"model_version_status": [...]}``
+- ``GET  /v1/models/<name>[/versions/<v>]/metadata`` -> signature defs
+- ``POST /v1/models/<name>[/versions/<v>]:predict`` with
+  ``{"signature_name": ..., "inputs": {...}}`` (columnar) -> ``{"outputs": ...}``
+
+Errors come as an HTTP error status with ``{"error": "<message>"}``.
+The columnar format is used because outputs need not share the batch dimension
+(the ``metadata`` signature returns one string).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import requests
+
+from ..metadata import (
+    INPUT_NAME,
+    METADATA_INPUT_NAME,
+    METADATA_OUTPUT_NAME,
+    METADATA_SIGNATURE,
+    SERVING_SIGNATURE,
+    ModelMetadata,
+)
+from . import Prediction, ServingError
+
+# dB values are sent with 3 decimals (1/1000 dB, far below any audible or model-relevant
+# difference) to keep the JSON payload short.
+DECIMALS = 3
+
+
+class RestBackend:
+    """A model served by TF Serving, reached over its REST API.
+
+    Parameters
+    ----------
+    base_url : str
+        Server root, e.g. ``"http://localhost:8501"``.
+    name : str
+        Model name (``/v1/models/<name>``).
+    version : int, optional
+        Pin a model version; the server's latest when omitted.
+    timeout_s : float
+        Seconds to wait for connection and for each answer.
+
+    Raises
+    ------
+    ServingError
+        On construction if the server is unreachable, the model is not available, or
+        it is not an asd model (checked once: status, then metadata).
+    """
+
+    def __init__(self, base_url: str, name: str, version: int | None = None, timeout_s: float = 10.0):
+        self.base_url = base_url.rstrip("/")
+        self.name = name
+        self.version = version
+        self.timeout_s = timeout_s
+        self._session = requests.Session()
+        self.model_status()
+        self.metadata = ModelMetadata.from_json(self._metadata_json())
+
+    @property
+    def model_url(self) -> str:
+        suffix = f"/versions/{self.version}" if self.version else ""
+        return f"{self.base_url}/v1/models/{self.name}{suffix}"
+
+    def describe(self) -> str:
+        return f"TF Serving REST at {self.base_url}, model '{self.name}' version {self.metadata.version}"
+
+    def _request(self, method: str, url: str, **kwargs) -> dict:
+        try:
+            response = self._session.request(method, url, timeout=self.timeout_s, **kwargs)
+        except requests.Timeout:
+            raise ServingError(f"TF Serving at {self.base_url} did not answer within {self.timeout_s:g} s") from None
+        except requests.ConnectionError:
+            raise ServingError(
+                f"TF Serving at {self.base_url} is not reachable (connection failed): is the server running "
+                "and the URL right?"
+            ) from None
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"error": response.text[:200]}
+        if not response.ok:
+            message = body.get("error", response.reason) if isinstance(body, dict) else response.reason
+            raise ServingError(f"TF Serving answered HTTP {response.status_code} for model '{self.name}': {message}")
+        return body
+
+    def model_status(self) -> list[dict]:
+        """``model_version_status`` entries; raises ServingError unless one is AVAILABLE."""
+        status = self._request("GET", self.model_url).get("model_version_status", [])
+        if not any(s.get("state") == "AVAILABLE" for s in status):
+            states = ", ".join(f"v{s.get('version')}: {s.get('state')}" for s in status) or "no versions"
+            raise ServingError(f"model '{self.name}' is not available on {self.base_url} ({states})")
+        return status
+
+    def signature_defs(self) -> dict:
+        """The ``signature_def`` map of ``GET .../metadata``."""
+        body = self._request("GET", f"{self.model_url}/metadata")
+        return body["metadata"]["signature_def"]["signature_def"]
+
+    def _predict(self, signature: str, inputs: dict) -> dict | list:
+        payload = {"signature_name": signature, "inputs": inputs}
+        body = self._request("POST", f"{self.model_url}:predict", data=json.dumps(payload))
+        if "outputs" not in body:
+            raise ServingError(f"TF Serving's answer has no 'outputs' (keys: {sorted(body)})")
+        return body["outputs"]
+
+    def _metadata_json(self) -> str:
+        outputs = self._predict(METADATA_SIGNATURE, {METADATA_INPUT_NAME: [0.0]})
+        # TF Serving returns a lone output's value without its name.
+        value = outputs.get(METADATA_OUTPUT_NAME) if isinstance(outputs, dict) else outputs
+        if not isinstance(value, str):
+            raise ServingError(f"model '{self.name}' has no usable '{METADATA_SIGNATURE}' signature; not an asd model")
+        return value
+
+    def predict(self, patches: np.ndarray) -> Prediction:
+        """Run ``serving_default`` on patches of shape ``(n_patches, n_mels, patch_frames)``.
+
+        Raises
+        ------
+        ServingError
+            Server unreachable, slow, or answering with an error or a malformed body.
+        """
+        rounded = np.round(np.asarray(patches, dtype=np.float64), DECIMALS)
+        outputs = self._predict(SERVING_SIGNATURE, {INPUT_NAME: rounded.tolist()})
+        if not isinstance(outputs, dict):
+            raise ServingError("TF Serving's answer lacks named outputs; is it an asd model?")
+        return Prediction.from_outputs(outputs, len(patches))
