@@ -107,6 +107,11 @@ def train(config: TrainConfig, log=print) -> TrainResult:
     started = time.monotonic()
     features = config.feature_config()
     keras.utils.set_random_seed(config.seed)
+    model_dir = config.models_dir / config.name
+    version = config.version or next_version(model_dir)
+    version_dir = model_dir / str(version)
+    if version_dir.exists():
+        raise FileExistsError(f"{version_dir} exists; model versions are never overwritten (set version=...)")
     clips = [c for c in list_clips(config.data_dir, split="train") if c.label != "anomaly"]
     if config.training.max_train_clips:
         order = np.random.default_rng(config.seed).permutation(len(clips))[: config.training.max_train_clips]
@@ -134,11 +139,6 @@ def train(config: TrainConfig, log=print) -> TrainResult:
 
     autoencoder = build_conv_autoencoder(features.n_mels, features.patch_frames, config.model.filters, config.model.latent_dim)
     autoencoder.compile(optimizer=keras.optimizers.Adam(config.training.learning_rate), loss="mse")
-    model_dir = config.models_dir / config.name
-    version = config.version or next_version(model_dir)
-    version_dir = model_dir / str(version)
-    if version_dir.exists():
-        raise FileExistsError(f"{version_dir} exists; model versions are never overwritten (set version=...)")
     run_dir = config.runs_dir / config.name / f"{datetime.now():%Y%m%d-%H%M%S}-v{version}"
     monitor = "val_loss" if x_val is not None else "loss"
     callbacks = [
@@ -155,7 +155,8 @@ def train(config: TrainConfig, log=print) -> TrainResult:
     )
     val_ds = tf.data.Dataset.from_tensor_slices((x_val, x_val)).batch(512) if x_val is not None else None
     history = autoencoder.fit(
-        train_ds, validation_data=val_ds, epochs=config.training.epochs, callbacks=callbacks, verbose=2
+        train_ds, validation_data=val_ds, epochs=config.training.epochs, callbacks=callbacks, verbose=2,
+        shuffle=False,  # the dataset reshuffles itself every epoch
     ).history
     del x_train, x_val
 

@@ -1,0 +1,50 @@
+"""Shared fixtures: the real data subset shipped in tests/data, the full ToyCar set in
+../shared/data when present, and one small model trained on the subset per test run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SUBSET = REPO / "tests" / "data" / "ToyCar"
+SAMPLES = REPO / "production" / "samples" / "ToyCar"
+SHIPPED_MODELS = REPO / "production" / "models"
+CONFIG = REPO / "development" / "configs" / "toycar.yaml"
+FULL_DATA_ROOT = Path(os.environ.get("ASD_DATA_DIR") or REPO.parent / "shared" / "data")
+FULL_TOYCAR = FULL_DATA_ROOT / "dcase2023t2" / "dev_data" / "ToyCar"
+
+SAMPLE_NORMAL = SAMPLES / "section_00_source_test_normal_0001_car_B2_spd_31V_mic_1.wav"
+SAMPLE_ANOMALY = SAMPLES / "section_00_source_test_anomaly_0001_car_B1_spd_31V_mic_1.wav"
+# The same recording as SAMPLE_ANOMALY, as the dataset's FLAC (bit-identical samples).
+SUBSET_FLAC_OF_SAMPLE = SUBSET / "test" / "section_00_source_test_anomaly_0001_car_B1_spd_31V_mic_1.flac"
+
+
+def full_data_or_skip() -> Path:
+    if not (FULL_TOYCAR / "test").is_dir():
+        pytest.skip(f"needs the full ToyCar set at {FULL_TOYCAR} (../shared/data); absent on this machine")
+    return FULL_TOYCAR
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory):
+    """A model trained for 2 epochs on the 10 real training clips of the subset,
+    evaluated on its 8 test clips and exported: ``(models_dir, TrainResult)``."""
+    from asd.config import load_train_config
+    from asd.train import train
+
+    root = tmp_path_factory.mktemp("trained")
+    config = load_train_config(
+        CONFIG,
+        [
+            f"data_dir={SUBSET}",
+            f"models_dir={root / 'models'}",
+            f"runs_dir={root / 'runs'}",
+            "training.epochs=2",
+            "training.batch_size=64",
+        ],
+    )
+    result = train(config, log=lambda *_: None)
+    return root / "models", result

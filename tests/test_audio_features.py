@@ -1,0 +1,106 @@
+"""Audio loading and the single feature path, on real clips."""
+
+import io
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from asd.audio import AudioError, load_audio
+from asd.data import list_clips
+from asd.features import ClipTooShortError, FeatureConfig, clip_patches, patches_to_frames, to_patches
+
+from .conftest import SAMPLE_ANOMALY, SAMPLE_NORMAL, SUBSET, SUBSET_FLAC_OF_SAMPLE
+
+FEATURES = FeatureConfig()
+
+
+def _wav_bytes(samples, rate, subtype="PCM_16"):
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, rate, format="WAV", subtype=subtype)
+    return buffer.getvalue()
+
+
+def test_real_wav_and_flac_decode_to_the_same_samples():
+    wav = load_audio(SAMPLE_ANOMALY, 16000)
+    flac = load_audio(SUBSET_FLAC_OF_SAMPLE, 16000)
+    assert wav.samples.dtype == np.float32 and wav.samples.shape == (192000,)
+    assert wav.duration_s == pytest.approx(12.0) and wav.notes == []
+    np.testing.assert_array_equal(wav.samples, flac.samples)
+
+
+def test_features_equal_between_training_path_and_app_path():
+    """Training reads FLAC files from disk; the app gets uploaded WAV bytes. Both must
+    give the identical log-mel patches for the same recording."""
+    from asd.train import clip_features
+
+    clip = next(c for c in list_clips(SUBSET, split="test") if c.path == SUBSET_FLAC_OF_SAMPLE)
+    training_logmel = clip_features([clip], FEATURES)[0]
+    upload = load_audio(SAMPLE_ANOMALY.read_bytes(), FEATURES.sample_rate, name="upload.wav")
+    app_logmel, app_patches = clip_patches(upload.samples, FEATURES)
+    np.testing.assert_array_equal(training_logmel, app_logmel)
+    np.testing.assert_array_equal(to_patches(training_logmel, FEATURES), app_patches)
+
+
+def test_log_mel_and_patch_shapes_of_a_12_s_clip():
+    logmel, patches = clip_patches(load_audio(SAMPLE_NORMAL, 16000).samples, FEATURES)
+    assert logmel.shape == (128, 376) and logmel.dtype == np.float32
+    assert patches.shape == (44, 128, 32)
+    assert -120 < logmel.min() < logmel.max() < 60  # dB of a real recording
+    np.testing.assert_array_equal(patches[1], logmel[:, 8:40])
+    np.testing.assert_array_equal(patches[-1], logmel[:, -32:])
+    # overlap-averaging the patches back gives the spectrogram again
+    np.testing.assert_allclose(patches_to_frames(patches, 376, FEATURES), logmel, atol=1e-4)
+
+
+def test_last_patch_is_flush_with_the_end_when_hop_does_not_divide():
+    logmel = np.random.default_rng(0).normal(size=(128, 100)).astype(np.float32)
+    patches = to_patches(logmel, FEATURES)
+    assert len(patches) == 10  # starts 0, 8, ..., 64, then 68 flush with the end
+    np.testing.assert_array_equal(patches[-1], logmel[:, 68:])
+
+
+def test_stereo_is_downmixed_and_other_rates_resampled_with_notes():
+    mono = load_audio(SAMPLE_NORMAL, 16000).samples
+    stereo = load_audio(_wav_bytes(np.stack([mono, mono], axis=1), 16000), 16000, name="st.wav")
+    assert stereo.notes == ["downmixed 2 channels to mono"]
+    np.testing.assert_allclose(stereo.samples, mono, atol=1e-4)
+    resampled = load_audio(_wav_bytes(mono[:48000], 16000), 44100, name="r.wav")
+    assert resampled.notes == ["resampled from 16000 Hz to 44100 Hz"]
+    assert len(resampled.samples) == 132300
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda wav: b"", "empty"),
+        (lambda wav: b"timestamp,value\n0,1\n1,2\n" * 40, "not a readable WAV or FLAC"),
+        (lambda wav: wav[: len(wav) // 3], "truncated"),
+        (lambda wav: wav[:30], "not a readable WAV or FLAC"),
+    ],
+    ids=["empty", "text renamed .wav", "truncated wav", "header only"],
+)
+def test_bad_files_are_refused_with_a_clear_message(make, message):
+    data = make(SAMPLE_NORMAL.read_bytes())
+    with pytest.raises(AudioError, match=message) as caught:
+        load_audio(data, 16000, name="bad.wav")
+    assert str(caught.value).startswith("bad.wav: ")
+
+
+def test_nan_samples_are_refused():
+    samples = np.zeros(16000, dtype=np.float32)
+    samples[100] = np.nan
+    with pytest.raises(AudioError, match="NaN or infinite"):
+        load_audio(_wav_bytes(samples, 16000, subtype="FLOAT"), 16000, name="nan.wav")
+
+
+def test_clip_shorter_than_one_patch_is_refused():
+    short = load_audio(SAMPLE_NORMAL, 16000).samples[:8000]  # 0.5 s
+    with pytest.raises(ClipTooShortError, match="clip too short: 16 frames .* at least 32 frames"):
+        clip_patches(short, FEATURES)
+
+
+def test_feature_config_reports_differences_and_rejects_unknown_keys():
+    assert FeatureConfig().differences(FeatureConfig(n_mels=64)) == ["n_mels: 128 != 64"]
+    with pytest.raises(ValueError, match="unknown feature settings: nmels"):
+        FeatureConfig.from_dict({"nmels": 64})

@@ -1,0 +1,81 @@
+"""The asd command, run as a user runs it (a subprocess), on real clips."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import CONFIG, SAMPLE_ANOMALY, SAMPLE_NORMAL, SUBSET
+
+
+def asd(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "asd.cli", *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def _one_line_error(result):
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("asd: error: ")
+    assert "Traceback" not in result.stderr
+    return lines[-1]
+
+
+def test_score_prints_one_line_per_file(trained_model):
+    models_dir, result = trained_model
+    run = asd("score", SAMPLE_NORMAL, SAMPLE_ANOMALY, "--model", models_dir)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.strip().splitlines()
+    assert len(lines) == 2
+    for line, clip in zip(lines, (SAMPLE_NORMAL, SAMPLE_ANOMALY)):
+        file, score, threshold, verdict = line.split("\t")
+        assert file == str(clip)
+        assert float(threshold) == pytest.approx(result.metadata.threshold_value, abs=1e-6)
+        assert verdict == ("anomalous" if float(score) > float(threshold) else "normal")
+
+
+def test_score_unreadable_input_exits_2_with_one_line(trained_model, tmp_path):
+    models_dir, _ = trained_model
+    text = tmp_path / "notes.wav"
+    text.write_text("not audio at all\n" * 20)
+    truncated = tmp_path / "cut.wav"
+    truncated.write_bytes(SAMPLE_NORMAL.read_bytes()[:50000])
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    for bad, message in [(text, "not a readable WAV or FLAC"), (truncated, "truncated"), (empty, "empty"),
+                         (tmp_path / "missing.wav", "No such file")]:
+        line = _one_line_error(asd("score", bad, "--model", models_dir))
+        assert message in line and str(bad.name) in line
+    # good files are still scored when one in the batch is bad
+    mixed = asd("score", SAMPLE_NORMAL, text, "--model", models_dir)
+    assert mixed.returncode == 2 and len(mixed.stdout.strip().splitlines()) == 1
+
+
+def test_score_through_a_server(trained_model):
+    from asd.serving.standin import StandInServer
+
+    models_dir, _ = trained_model
+    with StandInServer(models_dir) as server:
+        run = asd("score", SAMPLE_ANOMALY, "--server", server.url, "--name", "toycar")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split("\t")[0] == str(SAMPLE_ANOMALY)
+    line = _one_line_error(asd("score", SAMPLE_ANOMALY, "--server", server.url, "--name", "toycar", "--timeout", "2"))
+    assert "not reachable" in line
+
+
+def test_evaluate_prints_and_writes_the_metrics(trained_model, tmp_path):
+    models_dir, result = trained_model
+    out = tmp_path / "metrics.json"
+    run = asd("evaluate", "--model", models_dir, "--data", SUBSET, "--json", out)
+    assert run.returncode == 0, run.stderr
+    metrics = json.loads(out.read_text())
+    for key in ("auc_source", "auc_target", "pauc", "official_score"):
+        assert metrics[key] == pytest.approx(result.metadata.evaluation[key])
+        assert f"{metrics[key]:.4f}" in run.stdout
+    assert "official score" in run.stdout
+
+
+def test_bad_config_and_bad_model_dir_exit_2(tmp_path):
+    assert "training.epochs" in _one_line_error(asd("train", "--config", CONFIG, "--set", "training.epochs=-1"))
+    assert "does not exist" in _one_line_error(asd("train", "--config", tmp_path / "x.yaml"))
+    assert "no SavedModel" in _one_line_error(asd("score", SAMPLE_NORMAL, "--model", tmp_path))

@@ -1,0 +1,110 @@
+"""The REST client against a stand-in that follows TF Serving's documented REST API,
+serving the real SavedModel trained on the subset."""
+
+import socket
+import threading
+
+import numpy as np
+import pytest
+import requests
+
+from asd.inference import Detector
+from asd.serving import ServingError, backend_from_env
+from asd.serving.rest import RestBackend
+
+from .conftest import SAMPLE_ANOMALY, SAMPLE_NORMAL
+
+
+@pytest.fixture(scope="module")
+def server(trained_model):
+    from asd.serving.standin import StandInServer
+
+    models_dir, _ = trained_model
+    with StandInServer(models_dir) as running:
+        yield running
+
+
+def test_stand_in_answers_as_tf_serving_documents(server):
+    status = requests.get(f"{server.url}/v1/models/toycar", timeout=5).json()
+    assert status == {"model_version_status": [
+        {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
+    meta = requests.get(f"{server.url}/v1/models/toycar/versions/1/metadata", timeout=5).json()
+    assert meta["model_spec"] == {"name": "toycar", "signature_name": "", "version": "1"}
+    sig = meta["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert sig["method_name"] == "tensorflow/serving/predict"
+    assert sig["inputs"]["logmel_patches"]["dtype"] == "DT_FLOAT"
+    assert [d["size"] for d in sig["inputs"]["logmel_patches"]["tensor_shape"]["dim"]] == ["-1", "128", "32"]
+    assert set(sig["outputs"]) == {"reconstruction", "patch_error", "frame_error"}
+    missing = requests.get(f"{server.url}/v1/models/fan/metadata", timeout=5)
+    assert missing.status_code == 404 and missing.json() == {"error": "Servable not found for request: Latest(fan)"}
+
+
+def test_row_and_columnar_requests_agree(server):
+    patches = np.random.default_rng(1).normal(-40, 10, size=(3, 128, 32)).round(2).tolist()
+    url = f"{server.url}/v1/models/toycar:predict"
+    rows = requests.post(url, json={"instances": [{"logmel_patches": p} for p in patches]}, timeout=30).json()
+    cols = requests.post(url, json={"inputs": {"logmel_patches": patches}}, timeout=30).json()
+    assert [r["patch_error"] for r in rows["predictions"]] == pytest.approx(cols["outputs"]["patch_error"])
+    both = requests.post(url, json={"instances": patches, "inputs": patches}, timeout=30)
+    assert both.status_code == 400 and "error" in both.json()
+    wrong = requests.post(url, json={"inputs": {"logmel_patches": [[1.0, 2.0]]}}, timeout=30)
+    assert wrong.status_code == 400 and "shape" in wrong.json()["error"]
+
+
+def test_rest_client_scores_like_the_in_process_backend(server, trained_model):
+    from asd.serving.inprocess import InProcessBackend
+
+    models_dir, _ = trained_model
+    rest = Detector(RestBackend(server.url, "toycar"))
+    local = Detector(InProcessBackend(models_dir))
+    assert rest.metadata.to_dict() == local.metadata.to_dict()
+    for clip in (SAMPLE_NORMAL, SAMPLE_ANOMALY):
+        a, b = rest.score_file(clip), local.score_file(clip)
+        # the client rounds dB values to 1/1000 dB for a smaller payload
+        assert a.score == pytest.approx(b.score, rel=1e-4)
+        assert a.verdict == b.verdict
+        np.testing.assert_allclose(a.frame_error, b.frame_error, rtol=1e-3, atol=1e-5)
+
+
+def test_backend_chosen_by_environment(server, trained_model):
+    models_dir, _ = trained_model
+    rest = backend_from_env({"ASD_SERVING_URL": server.url, "ASD_MODEL_NAME": "toycar"})
+    assert isinstance(rest, RestBackend) and rest.metadata.version == 1
+    local = backend_from_env({"ASD_MODEL_DIR": str(models_dir)})
+    assert "in-process" in local.describe()
+    with pytest.raises(ValueError, match="set ASD_SERVING_URL .* or ASD_MODEL_DIR"):
+        backend_from_env({})
+    with pytest.raises(ValueError, match="needs the model name"):
+        backend_from_env({"ASD_SERVING_URL": server.url})
+
+
+def test_unknown_model_and_version_give_clear_errors(server):
+    with pytest.raises(ServingError, match="HTTP 404 .*Could not find any versions of model fan"):
+        RestBackend(server.url, "fan")
+    with pytest.raises(ServingError, match="HTTP 404"):
+        RestBackend(server.url, "toycar", version=7)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_server_down_gives_a_clear_message():
+    with pytest.raises(ServingError, match=r"is not reachable .*is the server running"):
+        RestBackend(f"http://127.0.0.1:{_free_port()}", "toycar", timeout_s=2)
+
+
+def test_silent_server_times_out():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    accepted = []
+    thread = threading.Thread(target=lambda: accepted.append(listener.accept()), daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(ServingError, match="did not answer within 0.5 s"):
+            RestBackend(f"http://127.0.0.1:{listener.getsockname()[1]}", "toycar", timeout_s=0.5)
+    finally:
+        listener.close()

@@ -1,0 +1,77 @@
+"""Scores, gamma threshold and DCASE metrics, checked against scipy and scikit-learn."""
+
+import numpy as np
+import pytest
+from scipy import stats
+from sklearn.metrics import roc_auc_score
+
+from asd.data import ClipInfo
+from asd.metrics import evaluate_scores
+from asd.scoring import clip_score, fit_gamma_threshold, verdict
+
+
+def test_clip_score_is_the_mean_patch_error():
+    assert clip_score(np.array([0.5, 1.0, 1.5])) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        clip_score(np.array([1.0, np.nan]))
+
+
+def test_gamma_threshold_is_the_fitted_quantile():
+    scores = stats.gamma.rvs(3.0, loc=0.1, scale=0.2, size=400, random_state=1)
+    threshold = fit_gamma_threshold(scores, 0.9)
+    shape, loc, scale = stats.gamma.fit(scores)
+    assert threshold.value == pytest.approx(stats.gamma.ppf(0.9, shape, loc=loc, scale=scale))
+    assert 0.85 < np.mean(scores <= threshold.value) < 0.95
+    assert fit_gamma_threshold(scores, 0.99).value > threshold.value
+    assert verdict(threshold.value + 1e-9, threshold.value) == "anomalous"
+    assert verdict(threshold.value, threshold.value) == "normal"
+    with pytest.raises(ValueError, match="quantile"):
+        fit_gamma_threshold(scores, 1.0)
+
+
+def _clips(domains, labels, section=0):
+    from pathlib import Path
+
+    return [
+        ClipInfo(Path(f"c{i}.wav"), "ToyCar", section, d, "test", l, i)
+        for i, (d, l) in enumerate(zip(domains, labels))
+    ]
+
+
+def test_metrics_follow_the_dcase_definitions():
+    rng = np.random.default_rng(7)
+    domains = ["source"] * 50 + ["target"] * 50
+    labels = (["normal"] * 25 + ["anomaly"] * 25) * 2
+    scores = rng.normal(size=100) + np.array([l == "anomaly" for l in labels]) * 0.8
+    scores[50:75] += 0.6  # target normals look anomalous: domain shift
+    y = np.array([l == "anomaly" for l in labels])
+    d = np.array(domains)
+    metrics = evaluate_scores(_clips(domains, labels), scores, threshold=0.5)
+    src = (d == "source") & ~y | y
+    tgt = (d == "target") & ~y | y
+    assert metrics["auc_source"] == pytest.approx(roc_auc_score(y[src], scores[src]))
+    assert metrics["auc_target"] == pytest.approx(roc_auc_score(y[tgt], scores[tgt]))
+    assert metrics["pauc"] == pytest.approx(roc_auc_score(y, scores, max_fpr=0.1))
+    assert metrics["official_score"] == pytest.approx(
+        stats.hmean([metrics["auc_source"], metrics["auc_target"], metrics["pauc"]]))
+    assert metrics["auc_target"] < metrics["auc_source"]  # the shift shows where it should
+    flagged = scores > 0.5
+    tp = np.sum(flagged & y)
+    assert metrics["precision"] == pytest.approx(tp / flagged.sum())
+    assert metrics["recall"] == pytest.approx(tp / y.sum())
+    assert metrics["sections"]["00"]["per_domain"]["target"]["n_normal"] == 25
+
+
+def test_official_score_is_harmonic_mean_over_sections():
+    labels = ["normal", "anomaly"] * 4
+    domains = ["source", "source", "target", "target"] * 2
+    scores = np.array([0.1, 0.9, 0.2, 0.8, 0.3, 0.4, 0.6, 0.5])
+    clips = _clips(domains[:4], labels[:4], section=0) + _clips(domains[4:], labels[4:], section=1)
+    metrics = evaluate_scores(clips, scores, threshold=0.5)
+    terms = [metrics["sections"][s][k] for s in ("00", "01") for k in ("auc_source", "auc_target", "pauc")]
+    assert metrics["official_score"] == pytest.approx(stats.hmean(terms))
+
+
+def test_metrics_need_labels_and_both_classes():
+    with pytest.raises(ValueError, match="both normal and anomalous"):
+        evaluate_scores(_clips(["source"] * 2, ["normal"] * 2), [0.1, 0.2], 0.5)

@@ -1,0 +1,44 @@
+"""The model committed in production/models: small, compatible, and its figures real."""
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from asd.features import FeatureConfig
+from asd.layout import model_names, resolve_version_dir
+from asd.metadata import ModelMetadata
+
+from .conftest import REPO, SHIPPED_MODELS, full_data_or_skip
+
+
+def test_shipped_model_is_small_and_matches_the_app_features():
+    assert model_names(SHIPPED_MODELS) == ["toycar"]
+    version_dir = resolve_version_dir(SHIPPED_MODELS)
+    size = sum(p.stat().st_size for p in version_dir.rglob("*") if p.is_file())
+    assert size < 5 * 2**20, f"shipped model is {size / 2**20:.1f} MB"
+    meta = ModelMetadata.read(version_dir)
+    meta.check_features(FeatureConfig())
+    assert meta.machine_type == "ToyCar"
+    assert meta.training["n_train_clips"] + meta.training["n_validation_clips"] == 409
+    assert meta.evaluation["n_clips"] == 200
+
+
+def test_shipped_figures_are_what_evaluate_prints_on_the_full_test_set(tmp_path):
+    data = full_data_or_skip()
+    out = tmp_path / "metrics.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "asd.cli", "evaluate", "--model", str(SHIPPED_MODELS), "--data", str(data), "--json", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 0, run.stderr
+    measured = json.loads(out.read_text())
+    stored = ModelMetadata.read(resolve_version_dir(SHIPPED_MODELS)).evaluation
+    readme = (REPO / "README.md").read_text()
+    for key in ("auc_source", "auc_target", "pauc", "official_score", "precision", "recall", "f1"):
+        assert measured[key] == pytest.approx(stored[key], abs=1e-6), key
+    row = next(line for line in readme.splitlines() if line.startswith("| **this project"))
+    for key in ("auc_source", "auc_target", "pauc", "official_score"):
+        assert f"{measured[key]:.3f}" in row, f"README results row lacks {key} = {measured[key]:.3f}"

@@ -1,0 +1,116 @@
+"""A real training run on the shipped subset, its SavedModel and its metadata."""
+
+import json
+
+import numpy as np
+import pytest
+
+from asd.features import FeatureConfig
+from asd.inference import Detector
+from asd.layout import ModelNotFoundError, next_version, resolve_version_dir
+from asd.metadata import ModelMetadata, ModelMismatchError
+
+from .conftest import SAMPLE_ANOMALY
+
+
+def test_training_exports_a_savedmodel_in_tf_serving_layout(trained_model):
+    models_dir, result = trained_model
+    assert result.version_dir == models_dir / "toycar" / "1"
+    assert (result.version_dir / "saved_model.pb").is_file()
+    assert (result.version_dir / "variables").is_dir()
+    assert resolve_version_dir(models_dir) == result.version_dir
+    assert resolve_version_dir(models_dir / "toycar") == result.version_dir
+    assert next_version(models_dir / "toycar") == 2
+    with pytest.raises(ModelNotFoundError, match="no model named 'fan'"):
+        resolve_version_dir(models_dir, name="fan")
+
+
+def test_savedmodel_serves_the_documented_signatures(trained_model):
+    import tensorflow as tf
+
+    _, result = trained_model
+    loaded = tf.saved_model.load(str(result.version_dir))
+    serve = loaded.signatures["serving_default"]
+    (name, spec), = serve.structured_input_signature[1].items()
+    assert name == "logmel_patches" and spec.shape.as_list() == [None, 128, 32] and spec.dtype == tf.float32
+    assert set(serve.structured_outputs) == {"reconstruction", "patch_error", "frame_error"}
+    patches = np.random.default_rng(0).normal(-40, 10, size=(5, 128, 32)).astype(np.float32)
+    out = serve(logmel_patches=tf.constant(patches))
+    assert out["reconstruction"].shape == (5, 128, 32)
+    assert out["patch_error"].shape == (5,) and out["frame_error"].shape == (5, 32)
+    np.testing.assert_allclose(out["frame_error"].numpy().mean(axis=1), out["patch_error"].numpy(), rtol=1e-5)
+    # the metadata signature serves exactly the JSON of assets.extra
+    served = loaded.signatures["metadata"](unused=tf.constant([0.0]))["metadata_json"].numpy().decode()
+    assert json.loads(served) == json.loads((result.version_dir / "assets.extra/asd_metadata.json").read_text())
+
+
+def test_metadata_carries_what_the_app_must_agree_with(trained_model):
+    _, result = trained_model
+    meta = ModelMetadata.read(result.version_dir)
+    assert meta.features == FeatureConfig()
+    assert meta.machine_type == "ToyCar" and meta.version == 1
+    assert meta.threshold["method"] == "gamma_ppf" and meta.threshold["quantile"] == 0.9
+    assert meta.threshold_value > 0 and meta.threshold["n_scores"] == 10
+    assert len(meta.normalisation["mean_db"]) == 128
+    assert meta.training["n_train_clips"] + meta.training["n_validation_clips"] == 10
+    assert meta.training["epochs_run"] == 2 and meta.training["versions"]["tensorflow"]
+    evaluation = meta.evaluation
+    assert evaluation["n_clips"] == 8
+    for key in ("auc_source", "auc_target", "pauc", "official_score"):
+        assert 0.0 <= evaluation[key] <= 1.0
+
+
+def test_tensorboard_run_has_loss_curves(trained_model):
+    _, result = trained_model
+    events = list(result.run_dir.rglob("events.out.tfevents.*"))
+    assert {p.parent.name for p in events} >= {"train", "validation"}
+
+
+def test_exported_model_reproduces_training_time_evaluation(trained_model):
+    from asd.evaluation import evaluate_directory
+    from asd.serving.inprocess import InProcessBackend
+
+    from .conftest import SUBSET
+
+    models_dir, result = trained_model
+    metrics, _ = evaluate_directory(Detector(InProcessBackend(models_dir)), SUBSET)
+    for key in ("auc_source", "auc_target", "pauc", "official_score", "precision", "recall"):
+        assert metrics[key] == pytest.approx(result.metadata.evaluation[key], abs=1e-9)
+
+
+def test_model_with_other_feature_settings_is_refused(trained_model, tmp_path):
+    import shutil
+
+    from asd.serving.inprocess import InProcessBackend
+
+    _, result = trained_model
+    copy = tmp_path / "models" / "toycar" / "1"
+    shutil.copytree(result.version_dir, copy)
+    meta = ModelMetadata.read(copy)
+    meta.features = FeatureConfig(n_mels=64, hop_length=256)
+    meta.write(copy)
+    with pytest.raises(ModelMismatchError, match=r"n_mels: 64 != 128.*model != app"):
+        Detector(InProcessBackend(copy))
+
+
+def test_existing_version_is_never_overwritten(trained_model):
+    from asd.config import load_train_config
+    from asd.train import train
+
+    from .conftest import CONFIG, SUBSET
+
+    models_dir, _ = trained_model
+    config = load_train_config(CONFIG, [f"data_dir={SUBSET}", f"models_dir={models_dir}", "version=1"])
+    with pytest.raises(FileExistsError, match="never overwritten"):
+        train(config, log=lambda *_: None)
+
+
+def test_detector_scores_a_real_clip(trained_model):
+    from asd.serving.inprocess import InProcessBackend
+
+    models_dir, _ = trained_model
+    result = Detector(InProcessBackend(models_dir)).score_file(SAMPLE_ANOMALY)
+    assert result.frame_error.shape == (376,) and result.reconstruction.shape == (128, 376)
+    assert result.score == pytest.approx(result.patch_error.mean())
+    assert result.verdict in ("normal", "anomalous")
+    assert result.verdict == ("anomalous" if result.score > result.threshold else "normal")
