@@ -146,27 +146,20 @@ def parse_clip_name(path: str | Path) -> ClipInfo:
             index=int(m["index"]),
             attributes=parse_attribute_string(m["attrs"]),
         )
-    if m := _DCASE2021_UNLABELLED.match(stem):
-        return ClipInfo(
-            path=path,
-            machine_type=machine_type,
-            section=int(m["section"]),
-            domain="source",
-            split=folder_split,
-            label=None,
-            index=int(m["index"]),
-        )
-    if m := _DCASE2020.match(stem):
-        return ClipInfo(
-            path=path,
-            machine_type=machine_type,
-            section=int(m["section"]),
-            domain="source",
-            split=folder_split,
-            label=m["label"],
-            index=int(m["index"]),
-            scheme="dcase2020",
-        )
+    # Unlabelled 2021+ evaluation clips and 2020 clips: no domain in the name (all
+    # "source"), split from the folder.
+    for pattern, scheme in ((_DCASE2021_UNLABELLED, "dcase2021+"), (_DCASE2020, "dcase2020")):
+        if m := pattern.match(stem):
+            return ClipInfo(
+                path=path,
+                machine_type=machine_type,
+                section=int(m["section"]),
+                domain="source",
+                split=folder_split,
+                label=m.groupdict().get("label"),
+                index=int(m["index"]),
+                scheme=scheme,
+            )
     raise FileNameError(
         f"{path.name}: not a DCASE clip name; expected "
         "'section_XX_<source|target>_<train|test>_<normal|anomaly>_<index>[_<attr>_<value>...]' "
