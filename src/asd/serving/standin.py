@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -65,8 +66,7 @@ class StandInServer:
             for name in model_names(self.models_dir)
             for version in versions(self.models_dir / name)
         }
-        self.httpd = ThreadingHTTPServer((host, port), self._handler())
-        self.httpd.daemon_threads = True
+        self.httpd = _ClosingHTTPServer((host, port), self._handler())
         self._thread: threading.Thread | None = None
 
     @property
@@ -218,6 +218,38 @@ class StandInServer:
                 self._route("POST")
 
         return Handler
+
+
+class _ClosingHTTPServer(ThreadingHTTPServer):
+    """Closes its open keep-alive connections when it stops, as a stopped server's
+    would be: otherwise a client's pooled connection goes on being served."""
+
+    daemon_threads = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+
+    def process_request(self, request, client_address):
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request):
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def server_close(self):
+        super().server_close()
+        with self._open_lock:
+            for request in self._open:
+                try:
+                    request.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self._open.clear()
 
 
 class _HttpError(Exception):
