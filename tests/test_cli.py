@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import soundfile as sf
 
 from .conftest import CONFIG, SAMPLE_ANOMALY, SAMPLE_NORMAL, SUBSET
 
@@ -42,8 +43,11 @@ def test_score_unreadable_input_exits_2_with_one_line(trained_model, tmp_path):
     truncated.write_bytes(SAMPLE_NORMAL.read_bytes()[:50000])
     empty = tmp_path / "empty.wav"
     empty.write_bytes(b"")
+    short = tmp_path / "short.wav"
+    samples, rate = sf.read(SAMPLE_NORMAL)
+    sf.write(short, samples[: rate // 2], rate)
     for bad, message in [(text, "not a readable WAV or FLAC"), (truncated, "truncated"), (empty, "empty"),
-                         (tmp_path / "missing.wav", "No such file")]:
+                         (short, "clip too short"), (tmp_path / "missing.wav", "No such file")]:
         line = _one_line_error(asd("score", bad, "--model", models_dir))
         assert message in line and str(bad.name) in line
     # good files are still scored when one in the batch is bad

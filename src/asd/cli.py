@@ -116,13 +116,18 @@ def cmd_score(args) -> int:
     for file in args.files:
         try:
             result = detector.score_file(Path(file), name=file)
-        except (AudioError, ClipTooShortError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-            failed += 1
-            message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            print(f"asd: error: {file}: {message}" if isinstance(exc, OSError) else f"asd: error: {exc}", file=sys.stderr)
+        except AudioError as exc:  # its message starts with the file name
+            message = str(exc)
+        except ClipTooShortError as exc:
+            message = f"{file}: {exc}"
+        except OSError as exc:  # missing, a directory, unreadable
+            message = f"{file}: {exc.strerror or exc}"
+        else:
+            notes = f"\t({'; '.join(result.notes)})" if result.notes else ""
+            print(f"{file}\t{result.score:.6f}\t{result.threshold:.6f}\t{result.verdict}{notes}", flush=True)
             continue
-        notes = f"\t({'; '.join(result.notes)})" if result.notes else ""
-        print(f"{file}\t{result.score:.6f}\t{result.threshold:.6f}\t{result.verdict}{notes}", flush=True)
+        failed += 1
+        print(f"asd: error: {message}", file=sys.stderr)
     return EXIT_BAD_INPUT if failed else 0
 
 
