@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..metadata import ModelMetadata
+from ..metadata import OUTPUT_NAMES, ModelMetadata
 
 
 class ServingError(RuntimeError):
@@ -51,7 +51,7 @@ class Prediction:
             If an output is missing or its first dimension is not ``n_patches``.
         """
         try:
-            arrays = {k: np.asarray(outputs[k], dtype=np.float32) for k in ("reconstruction", "patch_error", "frame_error")}
+            arrays = {k: np.asarray(outputs[k], dtype=np.float32) for k in OUTPUT_NAMES}
         except KeyError as exc:
             raise ServingError(f"the model's answer lacks the output {exc}; is it an asd model?") from None
         for key, value in arrays.items():
