@@ -34,7 +34,7 @@ from .layout import next_version
 from .metadata import ModelMetadata
 from .model import build_conv_autoencoder
 from .scoring import clip_score, fit_gamma_threshold
-from .serving import Prediction
+from .serving.inprocess import FunctionBackend
 
 
 @dataclass
@@ -42,22 +42,6 @@ class TrainResult:
     version_dir: Path
     run_dir: Path
     metadata: ModelMetadata
-
-
-class _FunctionBackend:
-    """The not-yet-exported serving function behind the Backend interface, so that
-    training-time evaluation runs the same Detector path as ``asd evaluate``."""
-
-    def __init__(self, serve, metadata: ModelMetadata):
-        self._serve = serve
-        self.metadata = metadata
-
-    def describe(self) -> str:
-        return "serving function before export"
-
-    def predict(self, patches: np.ndarray) -> Prediction:
-        outputs = self._serve(tf.constant(patches))
-        return Prediction.from_outputs({k: v.numpy() for k, v in outputs.items()}, len(patches))
 
 
 def split_train_validation(clips: list[ClipInfo], fraction: float, seed: int) -> tuple[list[ClipInfo], list[ClipInfo]]:
@@ -206,7 +190,7 @@ def train(config: TrainConfig, log=print) -> TrainResult:
     has_test = (config.data_dir / "test").is_dir()
     if config.evaluate and has_test:
         log("evaluating on the labelled test clips ...")
-        metrics, rows = evaluate_directory(Detector(_FunctionBackend(serve, metadata), features), config.data_dir)
+        metrics, rows = evaluate_directory(Detector(FunctionBackend(serve, metadata), features), config.data_dir)
         metadata.evaluation = metrics
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "evaluation.json").write_text(json.dumps(metrics, indent=2) + "\n")

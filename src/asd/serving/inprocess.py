@@ -16,7 +16,35 @@ from ..metadata import INPUT_NAME, SERVING_SIGNATURE, ModelMetadata
 from . import Prediction
 
 
-class InProcessBackend:
+class FunctionBackend:
+    """A ``serving_default``-shaped TensorFlow function behind the Backend interface.
+
+    Training scores its test clips through this before export, so they take the same
+    Detector path as ``asd evaluate``; :class:`InProcessBackend` is the same over a
+    loaded SavedModel.
+
+    Parameters
+    ----------
+    serve : callable
+        Takes ``logmel_patches`` float32 ``(n_patches, n_mels, patch_frames)`` and
+        returns the dict of :data:`asd.metadata.OUTPUT_NAMES` tensors.
+    metadata : ModelMetadata
+    """
+
+    def __init__(self, serve, metadata: ModelMetadata):
+        self._serve = serve
+        self.metadata = metadata
+
+    def describe(self) -> str:
+        return f"serving function of model '{self.metadata.name}' version {self.metadata.version} (not exported)"
+
+    def predict(self, patches: np.ndarray) -> Prediction:
+        """Run the function on ``(n_patches, n_mels, patch_frames)`` float32 patches."""
+        outputs = self._serve(**{INPUT_NAME: tf.constant(patches, dtype=tf.float32)})
+        return Prediction.from_outputs({k: v.numpy() for k, v in outputs.items()}, len(patches))
+
+
+class InProcessBackend(FunctionBackend):
     """A SavedModel version served in this process.
 
     Parameters
@@ -37,14 +65,9 @@ class InProcessBackend:
 
     def __init__(self, path: str | Path, name: str | None = None, version: int | None = None):
         self.path = resolve_version_dir(path, name=name, version=version)
-        self.metadata = ModelMetadata.read(self.path)
+        metadata = ModelMetadata.read(self.path)
         self._loaded = tf.saved_model.load(str(self.path))
-        self._serve = self._loaded.signatures[SERVING_SIGNATURE]
+        super().__init__(self._loaded.signatures[SERVING_SIGNATURE], metadata)
 
     def describe(self) -> str:
         return f"in-process SavedModel {self.path}, model '{self.metadata.name}' version {self.metadata.version}"
-
-    def predict(self, patches: np.ndarray) -> Prediction:
-        """Run ``serving_default`` on ``(n_patches, n_mels, patch_frames)`` float32 patches."""
-        outputs = self._serve(**{INPUT_NAME: tf.constant(patches, dtype=tf.float32)})
-        return Prediction.from_outputs({k: v.numpy() for k, v in outputs.items()}, len(patches))

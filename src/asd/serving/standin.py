@@ -91,8 +91,11 @@ class StandInServer:
 
     # -- request handling ---------------------------------------------------------
 
+    def _versions(self, name: str) -> list[int]:
+        return sorted(v for n, v in self.servables if n == name)
+
     def _find(self, name: str, version: str | None) -> tuple[int, _Servable]:
-        available = sorted(v for n, v in self.servables if n == name)
+        available = self._versions(name)
         if version is None:
             if not available:
                 raise _HttpError(404, f"Servable not found for request: Latest({name})")
@@ -105,7 +108,7 @@ class StandInServer:
 
     def status(self, name: str, version: str | None) -> dict:
         if version is None:
-            found = sorted(v for n, v in self.servables if n == name)
+            found = self._versions(name)
             if not found:
                 raise _HttpError(404, f"Could not find any versions of model {name}")
         else:
