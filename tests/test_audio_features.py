@@ -32,10 +32,10 @@ def test_real_wav_and_flac_decode_to_the_same_samples():
 def test_features_equal_between_training_path_and_app_path():
     """Training reads FLAC files from disk; the app gets uploaded WAV bytes. Both must
     give the identical log-mel patches for the same recording."""
-    from asd.train import clip_features
+    from asd.detectors import load_clipset
 
     clip = next(c for c in list_clips(SUBSET, split="test") if c.path == SUBSET_FLAC_OF_SAMPLE)
-    training_logmel = clip_features([clip], FEATURES)[0]
+    training_logmel = load_clipset([clip], FEATURES).logmels[0]
     upload = load_audio(SAMPLE_ANOMALY.read_bytes(), FEATURES.sample_rate, name="upload.wav")
     app_logmel, app_patches = clip_patches(upload.samples, FEATURES)
     np.testing.assert_array_equal(training_logmel, app_logmel)

@@ -7,7 +7,7 @@ from .conftest import CONFIG
 
 def test_overrides_reach_nested_settings_and_parse_yaml_scalars():
     config = load_train_config(CONFIG, ["training.epochs=3", "model.filters=[8, 16]", "features.n_mels=64", "name=fan"])
-    assert config.training.epochs == 3 and config.model.filters == [8, 16]
+    assert config.training.epochs == 3 and config.model["filters"] == [8, 16]
     assert config.feature_config().n_mels == 64 and config.name == "fan"
 
 
@@ -24,6 +24,8 @@ def test_data_dir_expands_environment_variables(monkeypatch):
         ("features.nmels=3", "unknown feature settings: nmels"),
         ("threshold.quantile=1.5", "threshold.quantile"),
         ("epochs", "not key=value"),
+        ("model.filter=[8]", "filter"),
+        ("detector=nope", "unknown detector kind 'nope'"),
     ],
 )
 def test_bad_settings_are_named(override, message):

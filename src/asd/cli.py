@@ -1,4 +1,4 @@
-"""The ``asd`` command: train, evaluate and score.
+"""The ``asd`` command: train, evaluate, score and benchmark.
 
 Bad input ends with a one-line ``asd: error: ...`` message and exit code 2, never a
 traceback.
@@ -14,6 +14,7 @@ from pathlib import Path
 from . import __version__
 from .audio import AudioError
 from .config import ConfigError
+from .detectors.base import DetectorConfigError
 from .data import FileNameError
 from .features import ClipTooShortError
 from .layout import ModelNotFoundError
@@ -26,6 +27,7 @@ USER_ERRORS = (
     AudioError,
     ClipTooShortError,
     ConfigError,
+    DetectorConfigError,
     FileNameError,
     FileNotFoundError,
     FileExistsError,
@@ -131,6 +133,28 @@ def cmd_score(args) -> int:
     return EXIT_BAD_INPUT if failed else 0
 
 
+DEFAULT_BENCHMARK_CONFIG = "development/configs/benchmark.yaml"
+
+
+def cmd_benchmark(args) -> int:
+    from .benchmark import load_benchmark_config
+
+    config = load_benchmark_config(args.config, args.set)
+    if args.seeds is not None:
+        if not 1 <= args.seeds <= len(config.seeds):
+            raise ConfigError(f"--seeds must be 1 to {len(config.seeds)} (the config lists {config.seeds})")
+        config.seeds = config.seeds[: args.seeds]
+    names = [d.strip() for d in args.detectors.split(",") if d.strip()] if args.detectors != "all" else list(config.detectors)
+    if not Path(args.data, "train").is_dir() or not Path(args.data, "test").is_dir():
+        raise FileNotFoundError(f"{args.data}: needs train/ and test/ folders (a machine-type folder such as dev_data/ToyCar)")
+    from .benchmark import run_benchmark  # imports the detectors' libraries
+
+    report = run_benchmark(args.data, config, names, args.out, max_train_clips=args.max_train_clips)
+    print((Path(args.out) / "results.md").read_text(), end="")
+    print(f"report: {Path(args.out) / 'results.md'}, {Path(args.out) / 'results.json'}; plots in {Path(args.out) / 'plots'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="asd", description="Unsupervised anomalous sound detection for machine condition monitoring."
@@ -154,6 +178,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="FILE")
     _add_backend_options(p)
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("benchmark", help="train and evaluate several detectors on the same split; write a table and plots")
+    p.add_argument("--data", required=True, help="machine-type folder with train/ and labelled test/")
+    p.add_argument("--detectors", default="all", help="comma-separated entries of the config, or 'all' (default)")
+    p.add_argument("--out", required=True, metavar="DIR", help="where results.md, results.json, scores.csv and plots/ go")
+    p.add_argument("--config", default=DEFAULT_BENCHMARK_CONFIG, help=f"benchmark YAML (default {DEFAULT_BENCHMARK_CONFIG})")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, e.g. detectors.conv_ae.training.epochs=2")
+    p.add_argument("--seeds", type=int, help="use the first N seeds of the config for neural detectors (default: all)")
+    p.add_argument("--max-train-clips", type=int, help="use this many training clips (quick runs)")
+    p.set_defaults(func=cmd_benchmark)
     return parser
 
 

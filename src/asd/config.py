@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .features import FeatureConfig
 
@@ -23,14 +23,6 @@ class ConfigError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class ModelSettings(_Strict):
-    """Convolutional autoencoder shape: one strided 3x3 conv block per filter count
-    (each halves both axes), a dense bottleneck of ``latent_dim`` units, mirrored decoder."""
-
-    filters: list[int] = Field(default=[16, 32, 64], min_length=1)
-    latent_dim: int = Field(default=32, gt=0)
 
 
 class TrainingSettings(_Strict):
@@ -58,7 +50,8 @@ class TrainConfig(_Strict):
     version: int | None = Field(default=None, gt=0)
     seed: int = 13711
     features: dict[str, Any] = Field(default_factory=dict)
-    model: ModelSettings = Field(default_factory=ModelSettings)
+    detector: str = Field(default="conv_ae", description="a servable kind of asd.detectors.DETECTORS")
+    model: dict[str, Any] = Field(default_factory=dict, description="the detector's settings (its Model class)")
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     threshold: ThresholdSettings = Field(default_factory=ThresholdSettings)
     evaluate: bool = True
@@ -73,6 +66,14 @@ class TrainConfig(_Strict):
     def _features(cls, value):
         FeatureConfig.from_dict(value)  # raises on unknown or invalid settings
         return value
+
+    @model_validator(mode="after")
+    def _detector_settings(self):
+        from .detectors import detector_class  # imports the detector's libraries
+
+        cls = detector_class(self.detector)
+        self.model = cls.Model.model_validate(self.model).model_dump()  # raises on unknown or invalid settings
+        return self
 
     def feature_config(self) -> FeatureConfig:
         return FeatureConfig.from_dict(self.features)

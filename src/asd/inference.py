@@ -32,8 +32,9 @@ class ClipResult:
         ``"normal"`` or ``"anomalous"``.
     logmel : np.ndarray [shape=(n_mels, n_frames), dtype=float32]
         The clip's log-mel spectrogram (dB).
-    reconstruction : np.ndarray [shape=(n_mels, n_frames), dtype=float32]
-        The model's reconstruction (dB), overlap-averaged over patches.
+    reconstruction : np.ndarray [shape=(n_mels, n_frames), dtype=float32] or None
+        An autoencoder's reconstruction (dB), overlap-averaged over patches; None for
+        detectors that do not reconstruct.
     frame_error : np.ndarray [shape=(n_frames,), dtype=float32]
         Reconstruction error of each frame, overlap-averaged over patches.
     patch_error : np.ndarray [shape=(n_patches,), dtype=float32]
@@ -48,7 +49,7 @@ class ClipResult:
     threshold: float
     verdict: str
     logmel: np.ndarray
-    reconstruction: np.ndarray
+    reconstruction: np.ndarray | None
     frame_error: np.ndarray
     patch_error: np.ndarray
     frame_seconds: float
@@ -107,7 +108,9 @@ class Detector:
             threshold=self.threshold,
             verdict=verdict(score, self.threshold),
             logmel=logmel,
-            reconstruction=patches_to_frames(prediction.reconstruction, n_frames, self.features),
+            reconstruction=None
+            if prediction.reconstruction is None
+            else patches_to_frames(prediction.reconstruction, n_frames, self.features),
             frame_error=patches_to_frames(prediction.frame_error, n_frames, self.features),
             patch_error=prediction.patch_error,
             frame_seconds=self.features.frame_seconds,

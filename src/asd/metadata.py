@@ -21,7 +21,9 @@ METADATA_FILE = "assets.extra/asd_metadata.json"
 SERVING_SIGNATURE = "serving_default"
 METADATA_SIGNATURE = "metadata"
 INPUT_NAME = "logmel_patches"
+# serving_default outputs: autoencoders give all three; other detectors the last two.
 OUTPUT_NAMES = ("reconstruction", "patch_error", "frame_error")
+REQUIRED_OUTPUT_NAMES = ("patch_error", "frame_error")
 METADATA_INPUT_NAME = "unused"
 METADATA_OUTPUT_NAME = "metadata_json"
 
@@ -56,6 +58,8 @@ class ModelMetadata:
         Provenance: config, seed, data, clip counts, epochs, losses, versions, time.
     evaluation : dict or None
         Figures of :func:`asd.metrics.evaluate_scores` on a labelled test set.
+    outputs : list of str
+        The ``serving_default`` outputs this model gives (see :data:`OUTPUT_NAMES`).
     """
 
     name: str
@@ -67,6 +71,7 @@ class ModelMetadata:
     normalisation: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
     evaluation: dict | None = None
+    outputs: list[str] = field(default_factory=lambda: list(OUTPUT_NAMES))
     format: str = FORMAT
 
     @property
@@ -86,7 +91,7 @@ class ModelMetadata:
                 "name": SERVING_SIGNATURE,
                 "input": INPUT_NAME,
                 "input_shape": [None, self.features.n_mels, self.features.patch_frames],
-                "outputs": list(OUTPUT_NAMES),
+                "outputs": list(self.outputs),
             },
             "normalisation": self.normalisation,
             "training": self.training,
@@ -115,6 +120,7 @@ class ModelMetadata:
                 normalisation=values.get("normalisation", {}),
                 training=values.get("training", {}),
                 evaluation=values.get("evaluation"),
+                outputs=list(values.get("signature", {}).get("outputs", OUTPUT_NAMES)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelMismatchError(f"model metadata is incomplete or invalid: {exc}") from None

@@ -1,11 +1,12 @@
 """Training one model per machine type on its normal clips, then export (imports TensorFlow).
 
 The flow, top to bottom (as in the DCASE baselines): list the normal training clips,
-hold out a part of them (stratified by domain) for early stopping, compute log-mel
-patches with the shared feature path, standardise per mel band, fit the convolutional
-autoencoder with TensorBoard logging, score the training clips with the exact function
-that will be served, fit the gamma decision threshold, evaluate on the labelled test
-clips when present, and export a SavedModel with its metadata.
+compute their log-mel spectrograms with the shared feature path, fit the configured
+servable detector (:mod:`asd.detectors`; by default the convolutional autoencoder, with
+TensorBoard logging and early stopping on held-out normal clips), score the training
+clips with the exact function that will be served, fit the gamma decision threshold,
+evaluate on the labelled test clips when present, and export a SavedModel with its
+metadata.
 """
 
 from __future__ import annotations
@@ -23,17 +24,15 @@ import numpy as np
 import tensorflow as tf
 
 from . import __version__
-from .audio import load_audio
 from .config import TrainConfig
-from .data import ClipInfo, list_clips
+from .data import list_clips
+from .detectors import ServableDetector, load_clipset, make_detector
 from .evaluation import evaluate_directory, write_scores_csv
-from .export import export_savedmodel, make_serving_function
-from .features import FeatureConfig, clip_patches, to_patches
+from .export import export_savedmodel
 from .inference import Detector
 from .layout import next_version
 from .metadata import ModelMetadata
-from .model import build_conv_autoencoder
-from .scoring import clip_score, fit_gamma_threshold
+from .scoring import fit_gamma_threshold
 from .serving.inprocess import FunctionBackend
 
 
@@ -42,25 +41,6 @@ class TrainResult:
     version_dir: Path
     run_dir: Path
     metadata: ModelMetadata
-
-
-def split_train_validation(clips: list[ClipInfo], fraction: float, seed: int) -> tuple[list[ClipInfo], list[ClipInfo]]:
-    """Hold out ``fraction`` of the clips of each domain (at least one where a domain
-    has two or more), chosen with ``seed``. Returns ``(train, validation)``."""
-    rng = np.random.default_rng(seed)
-    train, validation = [], []
-    for domain in ("source", "target"):
-        group = [c for c in clips if c.domain == domain]
-        order = rng.permutation(len(group))
-        n_val = max(1, round(fraction * len(group))) if len(group) >= 2 else 0
-        validation += [group[i] for i in order[:n_val]]
-        train += [group[i] for i in order[n_val:]]
-    return train, validation
-
-
-def clip_features(clips: list[ClipInfo], features: FeatureConfig) -> list[np.ndarray]:
-    """Log-mel spectrograms ``(n_mels, n_frames)`` of clips, via the shared feature path."""
-    return [clip_patches(load_audio(c.path, features.sample_rate).samples, features)[0] for c in clips]
 
 
 def _git_commit() -> str | None:
@@ -86,11 +66,14 @@ def train(config: TrainConfig, log=print) -> TrainResult:
     FileExistsError
         The requested model version exists.
     ValueError
-        Too few clips, or settings that do not fit together.
+        Too few clips, a detector TF Serving cannot serve, or settings that do not fit together.
     """
     started = time.monotonic()
     features = config.feature_config()
-    keras.utils.set_random_seed(config.seed)
+    detector = make_detector(config.detector, features, config.model, config.training, config.seed)
+    if not isinstance(detector, ServableDetector):
+        raise ValueError(f"detector {config.detector!r} runs in scikit-learn, not in a TensorFlow graph; "
+                         "TF Serving cannot serve it (use asd benchmark to compare it)")
     model_dir = config.models_dir / config.name
     version = config.version or next_version(model_dir)
     version_dir = model_dir / str(version)
@@ -103,75 +86,36 @@ def train(config: TrainConfig, log=print) -> TrainResult:
     if len(clips) < 3:
         raise ValueError(f"{config.data_dir}: {len(clips)} normal training clips; at least 3 are needed")
     machine_type = config.machine_type or clips[0].machine_type or config.name
-    train_clips, val_clips = split_train_validation(clips, config.training.validation_fraction, config.seed)
-    log(f"{machine_type}: {len(train_clips)} training clips, {len(val_clips)} held out for early stopping")
 
-    log("computing log-mel features ...")
-    train_mels = clip_features(train_clips, features)
-    val_mels = clip_features(val_clips, features)
-    frames = np.concatenate(train_mels, axis=1)
-    mean = frames.mean(axis=1)
-    std = np.maximum(frames.std(axis=1), 1e-3)  # floor: a constant band must not divide by ~0
-
-    def standardised_patches(mels: list[np.ndarray]) -> np.ndarray:
-        patches = np.concatenate([to_patches(m, features) for m in mels])
-        return ((patches - mean[None, :, None]) / std[None, :, None])[..., None].astype(np.float32)
-
-    x_train = standardised_patches(train_mels)
-    x_val = standardised_patches(val_mels) if val_mels else None
-    log(f"{len(x_train)} training patches of shape {x_train.shape[1:3]}")
-
-    autoencoder = build_conv_autoencoder(features.n_mels, features.patch_frames, config.model.filters, config.model.latent_dim)
-    autoencoder.compile(optimizer=keras.optimizers.Adam(config.training.learning_rate), loss="mse")
+    log(f"{machine_type}: computing log-mel features of {len(clips)} normal training clips ...")
+    train_set = load_clipset(clips, features)
     run_dir = config.runs_dir / config.name / f"{datetime.now():%Y%m%d-%H%M%S}-v{version}"
-    monitor = "val_loss" if x_val is not None else "loss"
-    callbacks = [
-        keras.callbacks.TensorBoard(log_dir=str(run_dir), update_freq="epoch"),
-        keras.callbacks.EarlyStopping(
-            monitor=monitor, patience=config.training.early_stopping_patience, restore_best_weights=True
-        ),
-    ]
-    train_ds = (
-        tf.data.Dataset.from_tensor_slices((x_train, x_train))
-        .shuffle(len(x_train), seed=config.seed, reshuffle_each_iteration=True)
-        .batch(config.training.batch_size)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-    val_ds = tf.data.Dataset.from_tensor_slices((x_val, x_val)).batch(512) if x_val is not None else None
-    history = autoencoder.fit(
-        train_ds, validation_data=val_ds, epochs=config.training.epochs, callbacks=callbacks, verbose=2,
-        shuffle=False,  # the dataset reshuffles itself every epoch
-    ).history
-    del x_train, x_val
-
-    serve = make_serving_function(autoencoder, mean, std, features)
-    train_scores = np.array(
-        [clip_score(serve(tf.constant(to_patches(m, features)))["patch_error"].numpy()) for m in train_mels + val_mels]
-    )
+    log(f"training {config.detector}: {detector.description}")
+    keras.utils.set_random_seed(config.seed)
+    detector.fit(train_set, run_dir=run_dir, log=log)
+    serve = detector.serving_function()
+    train_scores = detector.score(train_set)  # through the served function
     threshold = fit_gamma_threshold(train_scores, config.threshold.quantile)
     log(f"decision threshold {threshold.value:.4f} (gamma fit of {threshold.n_scores} training clips, q={threshold.quantile})")
 
-    best_epoch = int(np.argmin(history[monitor])) + 1
+    info = detector.info
     metadata = ModelMetadata(
         name=config.name,
         version=version,
         machine_type=machine_type,
-        detector="conv_autoencoder",
+        detector=config.detector,
         features=features,
         threshold={**threshold.to_dict(), "fitted_on": "all normal training clips (DCASE 2021+ baseline practice)"},
-        normalisation={"kind": "per_mel_standardisation", "mean_db": mean.round(4).tolist(), "std_db": std.round(4).tolist()},
+        normalisation=detector.normalisation(),
+        outputs=list(detector.outputs),
         training={
             "config": config.model_dump(mode="json"),
             "seed": config.seed,
             "data_dir": str(config.data_dir),
-            "n_train_clips": len(train_clips),
-            "n_validation_clips": len(val_clips),
+            "n_train_clips": info.get("n_fit_clips", len(clips)),
+            "n_validation_clips": info.get("n_validation_clips", 0),
             "n_clips_by_domain": {d: sum(c.domain == d for c in clips) for d in ("source", "target")},
-            "epochs_run": len(history["loss"]),
-            "best_epoch": best_epoch,
-            "best_loss": float(history["loss"][best_epoch - 1]),
-            "best_val_loss": float(history["val_loss"][best_epoch - 1]) if "val_loss" in history else None,
-            "parameters": int(autoencoder.count_params()),
+            **{k: v for k, v in info.items() if k not in ("n_fit_clips", "n_validation_clips")},
             "train_score_mean": float(train_scores.mean()),
             "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "duration_s": None,
@@ -201,6 +145,6 @@ def train(config: TrainConfig, log=print) -> TrainResult:
             )
         )
     metadata.training["duration_s"] = round(time.monotonic() - started, 1)
-    export_savedmodel(autoencoder, serve, metadata, version_dir)
+    export_savedmodel(detector.trackable(), serve, metadata, version_dir)
     log(f"exported {version_dir}")
     return TrainResult(version_dir=version_dir, run_dir=run_dir, metadata=metadata)

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..metadata import OUTPUT_NAMES, ModelMetadata
+from ..metadata import OUTPUT_NAMES, REQUIRED_OUTPUT_NAMES, ModelMetadata
 
 
 class ServingError(RuntimeError):
@@ -29,17 +29,18 @@ class Prediction:
 
     Attributes
     ----------
-    reconstruction : np.ndarray [shape=(n_patches, n_mels, patch_frames), dtype=float32]
-        The autoencoder's reconstruction, in dB like the input.
     patch_error : np.ndarray [shape=(n_patches,), dtype=float32]
-        Mean squared error of each patch, in standardised log-mel units.
+        Anomaly score of each patch (autoencoders: mean squared error in standardised
+        log-mel units).
     frame_error : np.ndarray [shape=(n_patches, patch_frames), dtype=float32]
-        Mean squared error of each frame of each patch (mean over mel bands).
+        Score of each frame of each patch (autoencoders: mean over mel bands).
+    reconstruction : np.ndarray [shape=(n_patches, n_mels, patch_frames), dtype=float32] or None
+        An autoencoder's reconstruction, in dB like the input; None for other detectors.
     """
 
-    reconstruction: np.ndarray
     patch_error: np.ndarray
     frame_error: np.ndarray
+    reconstruction: np.ndarray | None = None
 
     @classmethod
     def from_outputs(cls, outputs: dict, n_patches: int) -> "Prediction":
@@ -50,10 +51,10 @@ class Prediction:
         ServingError
             If an output is missing or its first dimension is not ``n_patches``.
         """
-        try:
-            arrays = {k: np.asarray(outputs[k], dtype=np.float32) for k in OUTPUT_NAMES}
-        except KeyError as exc:
-            raise ServingError(f"the model's answer lacks the output {exc}; is it an asd model?") from None
+        missing = [k for k in REQUIRED_OUTPUT_NAMES if k not in outputs]
+        if missing:
+            raise ServingError(f"the model's answer lacks the output '{missing[0]}'; is it an asd model?")
+        arrays = {k: np.asarray(outputs[k], dtype=np.float32) for k in OUTPUT_NAMES if k in outputs}
         for key, value in arrays.items():
             if value.ndim == 0 or value.shape[0] != n_patches:
                 raise ServingError(f"output '{key}' has shape {value.shape}, expected {n_patches} rows")

@@ -1,0 +1,303 @@
+"""``asd benchmark``: every detector trained and evaluated on the same split, side by side.
+
+For each detector entry of the config and each seed (all seeds for neural detectors, the
+first one otherwise): fit on the normal training clips, score the test clips, and compute
+the official DCASE metrics (:mod:`asd.metrics`), the training time, the scoring time per
+clip and the model size. Log-mel features are computed once for all detectors.
+
+Honest selection: every figure in the main columns is on all test clips, and choosing
+the best detector by them uses test labels (as DCASE teams do on the dev set). The
+held-apart check splits the test clips in two halves stratified by domain and label,
+chooses the best detector on half A, and reports its figure on half B.
+
+Writes ``results.json``, ``results.md``, ``scores.csv`` (each clip's score per detector,
+first seed) and, per detector, ``plots/<entry>_roc.png`` and ``plots/<entry>_scores.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from . import __version__
+from .config import ConfigError, TrainingSettings, apply_overrides
+from .data import list_clips
+from .features import FeatureConfig
+from .metrics import section_metrics
+from .scoring import fit_gamma_threshold
+
+FIGURES = ("auc_source", "auc_target", "pauc", "official_score")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DetectorEntry(_Strict):
+    """One row of the benchmark: a detector kind with its settings."""
+
+    kind: str
+    model: dict[str, Any] = Field(default_factory=dict)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+
+
+class BenchmarkConfig(_Strict):
+    seeds: list[int] = Field(default=[13711, 39876401, 20230501], min_length=1)
+    features: dict[str, Any] = Field(default_factory=dict)
+    held_apart_seed: int = 0
+    threshold_quantile: float = Field(default=0.9, gt=0, lt=1)
+    detectors: dict[str, DetectorEntry]
+
+
+def load_benchmark_config(path: str | Path, overrides: list[str] | None = None) -> BenchmarkConfig:
+    """Read the benchmark YAML (see ``development/configs/benchmark.yaml``).
+
+    Raises
+    ------
+    ConfigError
+        Missing or invalid file, or invalid settings (named).
+    """
+    try:
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"benchmark config {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"benchmark config {path} is not valid YAML: {exc}") from None
+    values = apply_overrides(values, overrides or [])
+    try:
+        return BenchmarkConfig.model_validate(values)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"benchmark config {path}: {problems}") from None
+
+
+def figures(labels: np.ndarray, domains: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """AUC-source, AUC-target, pAUC and official score of one section's clips."""
+    from scipy.stats import hmean
+
+    m = section_metrics(labels, domains, scores, threshold=np.inf)
+    terms = [m["auc_source"], m["auc_target"], m["pauc"]]
+    return {"auc_source": m["auc_source"], "auc_target": m["auc_target"], "pauc": m["pauc"], "official_score": float(hmean(terms))}
+
+
+def held_apart_halves(labels: np.ndarray, domains: np.ndarray, seed: int) -> np.ndarray:
+    """Bool mask of half A: half of every (domain, label) group, chosen with ``seed``."""
+    rng = np.random.default_rng(seed)
+    half_a = np.zeros(len(labels), bool)
+    for domain in ("source", "target"):
+        for label in (False, True):
+            members = np.flatnonzero((domains == domain) & (labels == label))
+            half_a[rng.permutation(members)[: len(members) // 2]] = True
+    return half_a
+
+
+def _summary(runs: list[dict], key: str) -> dict:
+    values = np.array([r[key] for r in runs], float)
+    return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+
+
+def run_benchmark(
+    data_dir: str | Path,
+    config: BenchmarkConfig,
+    detectors: list[str],
+    out_dir: str | Path,
+    max_train_clips: int | None = None,
+    log=print,
+) -> dict:
+    """Train and evaluate ``detectors`` (entry names of ``config``) and write the report.
+
+    Parameters
+    ----------
+    data_dir : path
+        A machine-type folder with ``train/`` (normal clips) and labelled ``test/``.
+    max_train_clips : int, optional
+        Use this many training clips (stratified by domain), for quick runs.
+
+    Returns
+    -------
+    dict
+        The content of ``results.json``.
+
+    Raises
+    ------
+    ConfigError
+        A detector name not in the config.
+    FileNotFoundError, asd.data.FileNameError, asd.audio.AudioError
+        Data problems.
+    """
+    from .detectors import load_clipset, make_detector, split_validation
+
+    unknown = [d for d in detectors if d not in config.detectors]
+    if unknown:
+        raise ConfigError(f"detector(s) {', '.join(unknown)} not in the benchmark config; known: {', '.join(config.detectors)}")
+    out_dir = Path(out_dir)
+    (out_dir / "plots").mkdir(parents=True, exist_ok=True)
+    features = FeatureConfig.from_dict(config.features)
+    data_dir = Path(data_dir)
+
+    started = time.monotonic()
+    train = load_clipset([c for c in list_clips(data_dir, "train") if not c.is_anomaly], features)
+    if max_train_clips and max_train_clips < len(train):
+        train, _ = split_validation(train, 1 - max_train_clips / len(train), config.seeds[0])
+    test = load_clipset(list_clips(data_dir, "test"), features)
+    feature_s = (time.monotonic() - started) / (len(train) + len(test))
+    labels, domains = test.labels, test.domains
+    half_a = held_apart_halves(labels, domains, config.held_apart_seed)
+    log(f"{len(train)} training clips, {len(test)} test clips; log-mel {1000 * feature_s:.1f} ms per clip")
+
+    results: dict[str, dict] = {}
+    first_scores: dict[str, np.ndarray] = {}
+    for name in detectors:
+        entry = config.detectors[name]
+        probe = make_detector(entry.kind, features, entry.model, entry.training, config.seeds[0])
+        seeds = config.seeds if probe.neural else config.seeds[:1]
+        runs = []
+        for seed in seeds:
+            detector = make_detector(entry.kind, features, entry.model, entry.training, seed)
+            log(f"[{name}] seed {seed}: fitting ...")
+            t0 = time.monotonic()
+            detector.fit(train, log=None)
+            fit_s = time.monotonic() - t0
+            t0 = time.monotonic()
+            scores = np.asarray(detector.score(test), float)
+            score_ms = 1000 * (time.monotonic() - t0) / len(test)
+            run = {
+                "seed": seed,
+                **figures(labels, domains, scores),
+                "half_a": figures(labels[half_a], domains[half_a], scores[half_a]),
+                "half_b": figures(labels[~half_a], domains[~half_a], scores[~half_a]),
+                "fit_s": round(fit_s, 1),
+                "score_ms_per_clip": round(score_ms, 2),
+                "size_bytes": detector.size_bytes(),
+                "info": detector.info,
+            }
+            log(f"[{name}] seed {seed}: official {run['official_score']:.4f} (AUC-source {run['auc_source']:.4f}, "
+                f"AUC-target {run['auc_target']:.4f}, pAUC {run['pauc']:.4f}); fit {fit_s:.0f} s")
+            if not runs:
+                first_scores[name] = scores
+                threshold = _plot_threshold(np.asarray(detector.score(train), float), config.threshold_quantile)
+                from .plots import plot_roc_per_domain, plot_score_histogram
+
+                plot_roc_per_domain(labels, domains, scores, f"{name} (seed {seed})", out_dir / "plots" / f"{name}_roc.png")
+                plot_score_histogram(labels, domains, scores, threshold, f"{name} (seed {seed})", out_dir / "plots" / f"{name}_scores.png")
+            runs.append(run)
+        results[name] = {
+            "kind": entry.kind,
+            "description": probe.description,
+            "servable": probe.servable,
+            "neural": probe.neural,
+            "settings": {"model": probe.params.model_dump(), "training": entry.training.model_dump() if probe.neural else None},
+            "runs": runs,
+            **{key: _summary(runs, key) for key in FIGURES + ("fit_s", "score_ms_per_clip", "size_bytes")},
+            "half_a_official": _summary([r["half_a"] for r in runs], "official_score"),
+            "half_b_official": _summary([r["half_b"] for r in runs], "official_score"),
+        }
+
+    report = {
+        "data_dir": str(data_dir),
+        "n_train_clips": len(train),
+        "n_test_clips": len(test),
+        "features": features.to_dict(),
+        "feature_ms_per_clip": round(1000 * feature_s, 2),
+        "seeds": config.seeds,
+        "held_apart_seed": config.held_apart_seed,
+        "detectors": results,
+        "selection": _selection(results),
+        "duration_s": round(time.monotonic() - started, 1),
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "versions": _versions(),
+    }
+    (out_dir / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "results.md").write_text(markdown_table(report))
+    with open(out_dir / "scores.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "domain", "label", "half", *first_scores])
+        for i, clip in enumerate(test.clips):
+            writer.writerow([clip.path.name, clip.domain, clip.label, "A" if half_a[i] else "B", *(f"{s[i]:.6f}" for s in first_scores.values())])
+    return report
+
+
+def _plot_threshold(train_scores: np.ndarray, quantile: float) -> float:
+    """The DCASE gamma threshold of the training scores, or their empirical quantile where
+    a gamma fit does not apply (scores <= 0, as some scikit-learn scores are)."""
+    try:
+        return fit_gamma_threshold(train_scores, quantile).value
+    except ValueError:
+        return float(np.quantile(train_scores, quantile))
+
+
+def _selection(results: dict) -> dict:
+    by_official = sorted(results, key=lambda n: results[n]["official_score"]["mean"], reverse=True)
+    servable = [n for n in by_official if results[n]["servable"]]
+    chosen_on_a = max(results, key=lambda n: results[n]["half_a_official"]["mean"])
+    return {
+        "best": by_official[0],
+        "best_servable": servable[0] if servable else None,
+        "held_apart": {
+            "chosen_on_half_a": chosen_on_a,
+            "official_half_a": results[chosen_on_a]["half_a_official"]["mean"],
+            "official_half_b": results[chosen_on_a]["half_b_official"]["mean"],
+        },
+    }
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"asd": __version__}
+    for package in ("tensorflow-cpu", "keras", "scikit-learn", "librosa", "numpy"):
+        try:
+            out[package] = md.version(package)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _mean_sd(summary: dict, digits: int = 3) -> str:
+    text = f"{summary['mean']:.{digits}f}"
+    return text + (f" ± {summary['std']:.{digits}f}" if summary["std"] else "")
+
+
+def markdown_table(report: dict) -> str:
+    """The benchmark table (Markdown): one row per detector, best official score first."""
+    rows = sorted(report["detectors"].items(), key=lambda kv: kv[1]["official_score"]["mean"], reverse=True)
+    lines = [
+        f"Benchmark on `{report['data_dir']}`: {report['n_train_clips']} normal training clips, "
+        f"{report['n_test_clips']} test clips; seeds {', '.join(map(str, report['seeds']))} "
+        "(neural detectors: all seeds, mean ± sd; others: the first seed).",
+        "",
+        "| detector | served by TF Serving | runs | AUC-source | AUC-target | pAUC | official score | official, half A / half B | training (s) | scoring (ms/clip) | model size (KB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in rows:
+        lines.append(
+            f"| `{name}` | {'yes' if r['servable'] else 'no'} | {len(r['runs'])} | {_mean_sd(r['auc_source'])} | "
+            f"{_mean_sd(r['auc_target'])} | {_mean_sd(r['pauc'])} | **{_mean_sd(r['official_score'])}** | "
+            f"{r['half_a_official']['mean']:.3f} / {r['half_b_official']['mean']:.3f} | {r['fit_s']['mean']:.0f} | "
+            f"{r['score_ms_per_clip']['mean']:.1f} | {r['size_bytes']['mean'] / 1024:.0f} |"
+        )
+    sel = report["selection"]
+    held = sel["held_apart"]
+    lines += [
+        "",
+        f"Best by official score on all test clips: `{sel['best']}`; best that TF Serving can serve: "
+        f"`{sel['best_servable']}` (chosen with the test labels, as DCASE teams do on the dev set).",
+        f"Held-apart check (halves stratified by domain and label, seed {report['held_apart_seed']}): "
+        f"chosen on half A: `{held['chosen_on_half_a']}`, official {held['official_half_a']:.3f} on A, "
+        f"**{held['official_half_b']:.3f} on B**.",
+        f"Log-mel features: {report['feature_ms_per_clip']:.1f} ms per clip (computed once, shared); "
+        "scoring time excludes them. Model size: float32 weights of neural detectors, pickled state of "
+        "the others. Total run time "
+        f"{report['duration_s'] / 60:.1f} min on {report['machine']['cpus']} CPU cores.",
+        "",
+    ]
+    return "\n".join(lines)
