@@ -184,7 +184,7 @@ def run_benchmark(
                 f"AUC-target {run['auc_target']:.4f}, pAUC {run['pauc']:.4f}); fit {fit_s:.0f} s")
             if not runs:
                 first_scores[name] = scores
-                threshold = _plot_threshold(np.asarray(detector.score(train), float), config.threshold_quantile)
+                threshold = _plot_threshold(np.asarray(detector.training_scores(train), float), config.threshold_quantile)
                 from .plots import plot_roc_per_domain, plot_score_histogram
 
                 plot_roc_per_domain(labels, domains, scores, f"{name} (seed {seed})", out_dir / "plots" / f"{name}_roc.png")

@@ -94,7 +94,7 @@ def train(config: TrainConfig, log=print) -> TrainResult:
     keras.utils.set_random_seed(config.seed)
     detector.fit(train_set, run_dir=run_dir, log=log)
     serve = detector.serving_function()
-    train_scores = detector.score(train_set)  # through the served function
+    train_scores = detector.training_scores(train_set)  # through the served function (or leave-one-out)
     threshold = fit_gamma_threshold(train_scores, config.threshold.quantile)
     log(f"decision threshold {threshold.value:.4f} (gamma fit of {threshold.n_scores} training clips, q={threshold.quantile})")
 

@@ -152,6 +152,10 @@ class AnomalyDetector:
         """Anomaly scores ``(n_clips,)`` float64, higher = more anomalous."""
         raise NotImplementedError
 
+    def training_scores(self, train: ClipSet) -> np.ndarray:
+        """Scores of the training clips for the decision threshold (default: :meth:`score`)."""
+        return self.score(train)
+
     def normalisation(self) -> dict:
         """Input normalisation inside the model, for its metadata (``{}`` if none)."""
         return {}
