@@ -83,7 +83,7 @@ def test_every_registered_detector_has_settings_and_a_description():
         cls.Model()  # defaults validate
 
 
-@pytest.mark.parametrize("kind", ["dense_ae_mahalanobis", "arcface"])
+@pytest.mark.parametrize("kind", ["dense_ae_mahalanobis", "arcface", "spectrum_adacos"])
 def test_servable_detectors_export_what_they_score(kind, tmp_path):
     """Training exports every servable detector through the same path: the loaded
     SavedModel scores the test clips exactly as the detector did before export."""

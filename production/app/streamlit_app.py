@@ -5,7 +5,7 @@ Backend (environment): ASD_SERVING_URL (TF Serving REST base URL) with ASD_MODEL
 or ASD_MODEL_DIR (a models directory in TF Serving's layout, served in-process).
 
 The page reads as the user's story: choose a clip, hear it, see the verdict, then see
-why (the reconstruction error over time against the decision threshold).
+why (the model's error over time against the decision threshold).
 """
 
 from __future__ import annotations
@@ -75,18 +75,18 @@ def choose_clip() -> tuple[bytes, str] | None:
     return None
 
 
-def error_plot(result: ClipResult) -> go.Figure:
+def error_plot(result: ClipResult, score_unit: str) -> go.Figure:
     times = result.frame_times_s
     above = result.frame_error > result.threshold
     figure = go.Figure()
-    figure.add_trace(go.Scatter(x=times, y=result.frame_error, mode="lines", name="reconstruction error per frame"))
+    figure.add_trace(go.Scatter(x=times, y=result.frame_error, mode="lines", name="per frame"))
     figure.add_trace(
         go.Scatter(x=times[above], y=result.frame_error[above], mode="markers", name="above threshold",
                    marker={"color": "crimson", "size": 5})
     )
     figure.add_hline(y=result.threshold, line_dash="dash", line_color="crimson",
                      annotation_text=f"decision threshold {result.threshold:.3f}")
-    figure.update_layout(xaxis_title="time (s)", yaxis_title="reconstruction error (MSE, standardised log-mel)",
+    figure.update_layout(xaxis_title="time (s)", yaxis_title=score_unit,
                          height=360, margin={"t": 30, "b": 40}, legend={"orientation": "h", "y": 1.12})
     return figure
 
@@ -98,7 +98,8 @@ def spectrogram_plot(result: ClipResult) -> go.Figure:
     return figure
 
 
-def show_result(result: ClipResult) -> None:
+def show_result(result: ClipResult, metadata) -> None:
+    score_unit = metadata.score_unit
     for note in result.notes:
         st.info(f"Note: {note}.")
     anomalous = result.verdict == "anomalous"
@@ -110,9 +111,14 @@ def show_result(result: ClipResult) -> None:
     col1.metric("Anomaly score", f"{result.score:.4f}")
     col2.metric("Decision threshold", f"{result.threshold:.4f}")
     col3.metric("Margin", f"{result.margin:+.4f}")
-    st.subheader("Reconstruction error over time")
-    st.caption("Where the model fails to reconstruct the sound, it differs from the normal sounds it learnt.")
-    st.plotly_chart(error_plot(result), width="stretch")
+    st.subheader("Anomaly score over time")
+    if metadata.input == "waveform":
+        st.caption(f"{score_unit[0].upper()}{score_unit[1:]}: this model scores the clip's whole spectrum at once, "
+                   "so the score is the same at every moment.")
+    else:
+        st.caption(f"{score_unit[0].upper()}{score_unit[1:]}, frame by frame: where it is high, the sound differs "
+                   "from the normal sounds the model learnt.")
+    st.plotly_chart(error_plot(result, score_unit), width="stretch")
     st.subheader("Log-mel spectrogram")
     st.plotly_chart(spectrogram_plot(result), width="stretch")
 
@@ -143,7 +149,7 @@ def main() -> None:
     except ServingError as exc:
         st.error(f"The model server failed: {exc}. Try again in a moment.")
         return
-    show_result(result)
+    show_result(result, detector.metadata)
 
 
 main()

@@ -60,12 +60,14 @@ def make_serving_function(
 
 
 def export_savedmodel(
-    autoencoder: keras.Model,
+    models: keras.Model | list[keras.Model],
     serve: tf.types.experimental.PolymorphicFunction,
     metadata: ModelMetadata,
     version_dir: str | Path,
 ) -> Path:
     """Write the SavedModel and its metadata to ``<models>/<name>/<version>/``.
+
+    ``models``: the Keras model(s) whose variables ``serve`` uses (an ensemble is a list).
 
     Raises
     ------
@@ -83,7 +85,8 @@ def export_savedmodel(
         return {METADATA_OUTPUT_NAME: metadata_json}
 
     archive = keras.export.ExportArchive()
-    archive.track(autoencoder)
+    for model in models if isinstance(models, (list, tuple)) else [models]:
+        archive.track(model)
     archive.add_endpoint(SERVING_SIGNATURE, serve)
     archive.add_endpoint(METADATA_SIGNATURE, metadata_fn)
     archive.write_out(str(version_dir), verbose=False)

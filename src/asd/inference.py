@@ -14,6 +14,7 @@ import numpy as np
 
 from .audio import AudioClip, load_audio
 from .features import FeatureConfig, clip_patches, patches_to_frames
+from .metadata import WAVEFORM_INPUT_NAME
 from .scoring import clip_score, verdict
 
 
@@ -66,6 +67,26 @@ class ClipResult:
         return np.arange(len(self.frame_error)) * self.frame_seconds
 
 
+def fit_waveform(samples: np.ndarray, n_samples: int, sample_rate: int) -> tuple[np.ndarray, str | None]:
+    """Cut or zero-pad a clip's samples to the ``n_samples`` a waveform-input model takes.
+
+    Returns
+    -------
+    waveform : np.ndarray [shape=(n_samples,), dtype=float32]
+    note : str or None
+        What was done, for the user (None when the length was right).
+    """
+    waveform = np.zeros(n_samples, np.float32)
+    n = min(n_samples, len(samples))
+    waveform[:n] = samples[:n]
+    if len(samples) == n_samples:
+        return waveform, None
+    seconds = n_samples / sample_rate
+    if len(samples) > n_samples:
+        return waveform, f"the model scores the first {seconds:g} s; the rest of the clip was not used"
+    return waveform, f"the clip is {len(samples) / sample_rate:.2f} s long; zero-padded to the model's {seconds:g} s"
+
+
 class Detector:
     """Scores clips with a backend's model, after checking the model fits this code.
 
@@ -99,9 +120,18 @@ class Detector:
             The backend failed.
         """
         logmel, patches = clip_patches(clip.samples, self.features)
-        prediction = self.backend.predict(patches)
         n_frames = logmel.shape[1]
-        score = clip_score(prediction.patch_error)
+        notes = list(clip.notes)
+        if self.metadata.input == WAVEFORM_INPUT_NAME:
+            waveform, note = fit_waveform(clip.samples, self.metadata.input_samples, self.features.sample_rate)
+            notes += [note] if note else []
+            prediction = self.backend.predict(waveform[None, :])
+            score = clip_score(prediction.patch_error)
+            frame_error = np.full(n_frames, score, np.float32)  # one score for the whole clip
+        else:
+            prediction = self.backend.predict(patches)
+            score = clip_score(prediction.patch_error)
+            frame_error = patches_to_frames(prediction.frame_error, n_frames, self.features)
         return ClipResult(
             name=clip.name,
             score=score,
@@ -111,10 +141,10 @@ class Detector:
             reconstruction=None
             if prediction.reconstruction is None
             else patches_to_frames(prediction.reconstruction, n_frames, self.features),
-            frame_error=patches_to_frames(prediction.frame_error, n_frames, self.features),
+            frame_error=frame_error,
             patch_error=prediction.patch_error,
             frame_seconds=self.features.frame_seconds,
-            notes=list(clip.notes),
+            notes=notes,
         )
 
     def score_file(self, source: str | Path | bytes | BinaryIO, name: str | None = None) -> ClipResult:

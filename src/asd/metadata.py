@@ -21,6 +21,9 @@ METADATA_FILE = "assets.extra/asd_metadata.json"
 SERVING_SIGNATURE = "serving_default"
 METADATA_SIGNATURE = "metadata"
 INPUT_NAME = "logmel_patches"
+# The other input a served detector may take: the clip's samples, (batch, input_samples)
+# float32 in [-1, 1] at the feature sample rate (whole-clip spectrum detectors).
+WAVEFORM_INPUT_NAME = "waveform"
 # serving_default outputs: autoencoders give all three; other detectors the last two.
 OUTPUT_NAMES = ("reconstruction", "patch_error", "frame_error")
 REQUIRED_OUTPUT_NAMES = ("patch_error", "frame_error")
@@ -60,6 +63,13 @@ class ModelMetadata:
         Figures of :func:`asd.metrics.evaluate_scores` on a labelled test set.
     outputs : list of str
         The ``serving_default`` outputs this model gives (see :data:`OUTPUT_NAMES`).
+    score_unit : str
+        What the anomaly score measures, for axis labels.
+    input : str
+        The ``serving_default`` input: :data:`INPUT_NAME` (log-mel patches) or
+        :data:`WAVEFORM_INPUT_NAME` (the clip's samples, ``input_samples`` of them).
+    input_samples : int or None
+        Samples per clip of a waveform-input model (clips are cut or zero-padded to it).
     """
 
     name: str
@@ -72,6 +82,9 @@ class ModelMetadata:
     training: dict = field(default_factory=dict)
     evaluation: dict | None = None
     outputs: list[str] = field(default_factory=lambda: list(OUTPUT_NAMES))
+    score_unit: str = "reconstruction error (MSE, standardised log-mel)"
+    input: str = INPUT_NAME
+    input_samples: int | None = None
     format: str = FORMAT
 
     @property
@@ -87,10 +100,13 @@ class ModelMetadata:
             "detector": self.detector,
             "features": self.features.to_dict(),
             "threshold": self.threshold,
+            "score_unit": self.score_unit,
             "signature": {
                 "name": SERVING_SIGNATURE,
-                "input": INPUT_NAME,
-                "input_shape": [None, self.features.n_mels, self.features.patch_frames],
+                "input": self.input,
+                "input_shape": [None, self.input_samples]
+                if self.input == WAVEFORM_INPUT_NAME
+                else [None, self.features.n_mels, self.features.patch_frames],
                 "outputs": list(self.outputs),
             },
             "normalisation": self.normalisation,
@@ -121,6 +137,11 @@ class ModelMetadata:
                 training=values.get("training", {}),
                 evaluation=values.get("evaluation"),
                 outputs=list(values.get("signature", {}).get("outputs", OUTPUT_NAMES)),
+                score_unit=values.get("score_unit", cls.score_unit),
+                input=values.get("signature", {}).get("input", INPUT_NAME),
+                input_samples=(values.get("signature", {}).get("input_shape") or [None, None])[1]
+                if values.get("signature", {}).get("input") == WAVEFORM_INPUT_NAME
+                else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelMismatchError(f"model metadata is incomplete or invalid: {exc}") from None

@@ -93,25 +93,65 @@ def train(config: TrainConfig, log=print) -> TrainResult:
     log(f"training {config.detector}: {detector.description}")
     keras.utils.set_random_seed(config.seed)
     detector.fit(train_set, run_dir=run_dir, log=log)
+    metadata = export_fitted(
+        detector, train_set, name=config.name, version_dir=version_dir, machine_type=machine_type,
+        data_dir=config.data_dir, settings=config.model_dump(mode="json"), threshold_quantile=config.threshold.quantile,
+        evaluate=config.evaluate, run_dir=run_dir, started=started, log=log,
+    )
+    return TrainResult(version_dir=version_dir, run_dir=run_dir, metadata=metadata)
+
+
+def export_fitted(
+    detector: ServableDetector,
+    train_set,
+    *,
+    name: str,
+    version_dir: Path,
+    machine_type: str,
+    data_dir: Path,
+    settings: dict,
+    threshold_quantile: float,
+    evaluate: bool,
+    run_dir: Path,
+    started: float | None = None,
+    log=print,
+) -> ModelMetadata:
+    """Threshold, evaluate and export a fitted servable detector to ``version_dir``
+    (``<models>/<name>/<version>/``); used by ``asd train`` and ``asd benchmark``.
+
+    The threshold is the gamma fit of the training clips' scores, computed by the very
+    function that is exported; evaluation (when ``evaluate`` and ``data_dir/test``
+    exists) scores the test clips through it too and stores the figures in the metadata.
+
+    Raises
+    ------
+    FileExistsError
+        ``version_dir`` exists.
+    """
+    started = time.monotonic() if started is None else started
+    version = int(version_dir.name)
     serve = detector.serving_function()
     train_scores = detector.training_scores(train_set)  # through the served function (or leave-one-out)
-    threshold = fit_gamma_threshold(train_scores, config.threshold.quantile)
+    threshold = fit_gamma_threshold(train_scores, threshold_quantile)
     log(f"decision threshold {threshold.value:.4f} (gamma fit of {threshold.n_scores} training clips, q={threshold.quantile})")
-
+    clips = train_set.clips
     info = detector.info
     metadata = ModelMetadata(
-        name=config.name,
+        name=name,
         version=version,
         machine_type=machine_type,
-        detector=config.detector,
-        features=features,
+        detector=detector.kind,
+        features=detector.features,
         threshold={**threshold.to_dict(), "fitted_on": "all normal training clips (DCASE 2021+ baseline practice)"},
         normalisation=detector.normalisation(),
         outputs=list(detector.outputs),
+        score_unit=detector.score_unit,
+        input=detector.input_name,
+        input_samples=detector.input_samples,
         training={
-            "config": config.model_dump(mode="json"),
-            "seed": config.seed,
-            "data_dir": str(config.data_dir),
+            "config": settings,
+            "seed": detector.seed,
+            "data_dir": str(data_dir),
             "n_train_clips": info.get("n_fit_clips", len(clips)),
             "n_validation_clips": info.get("n_validation_clips", 0),
             "n_clips_by_domain": {d: sum(c.domain == d for c in clips) for d in ("source", "target")},
@@ -131,10 +171,9 @@ def train(config: TrainConfig, log=print) -> TrainResult:
             "tensorboard_run": str(run_dir),
         },
     )
-    has_test = (config.data_dir / "test").is_dir()
-    if config.evaluate and has_test:
+    if evaluate and (Path(data_dir) / "test").is_dir():
         log("evaluating on the labelled test clips ...")
-        metrics, rows = evaluate_directory(Detector(FunctionBackend(serve, metadata), features), config.data_dir)
+        metrics, rows = evaluate_directory(Detector(FunctionBackend(serve, metadata), detector.features), data_dir)
         metadata.evaluation = metrics
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "evaluation.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -147,4 +186,4 @@ def train(config: TrainConfig, log=print) -> TrainResult:
     metadata.training["duration_s"] = round(time.monotonic() - started, 1)
     export_savedmodel(detector.trackable(), serve, metadata, version_dir)
     log(f"exported {version_dir}")
-    return TrainResult(version_dir=version_dir, run_dir=run_dir, metadata=metadata)
+    return metadata

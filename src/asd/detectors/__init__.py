@@ -25,6 +25,7 @@ DETECTORS: dict[str, tuple[str, str]] = {
     "gmm": ("classical", "GaussianMixtureDetector"),
     "knn": ("classical", "KnnDetector"),
     "arcface": ("embedding", "ArcFaceDetector"),
+    "spectrum_adacos": ("spectrum", "SpectrumAdaCosDetector"),
 }
 
 

@@ -78,6 +78,8 @@ def _patch_spec(features: FeatureConfig) -> tf.TensorSpec:
 
 
 class _PatchAutoencoder(ServableDetector):
+    score_unit = "reconstruction error (MSE, standardised log-mel)"
+
     """An autoencoder of whole standardised patches; subclasses build the Keras model.
 
     Served outputs: ``reconstruction`` (dB), ``patch_error`` and ``frame_error``: mean
@@ -279,6 +281,7 @@ class DenseAutoencoder(ServableDetector):
     kind = "dense_ae_mse"
     description = "DCASE baseline dense AE (5 frames x 128 mels = 640 in, 4x128 + 8 bottleneck), MSE"
     scoring = "mse"
+    score_unit = "reconstruction error (MSE of 640-d frame vectors, dB^2)"
     outputs = ("patch_error", "frame_error")
 
     class Model(Params):
@@ -370,3 +373,4 @@ class DenseAutoencoderMahalanobis(DenseAutoencoder):
     kind = "dense_ae_mahalanobis"
     description = "DCASE baseline dense AE, selective Mahalanobis (residual covariance per domain, min over domains)"
     scoring = "mahalanobis"
+    score_unit = "Mahalanobis distance of the reconstruction residual"

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from ..audio import load_audio
 from ..data import ClipInfo
 from ..features import FeatureConfig, clip_patches, to_patches
+from ..metadata import INPUT_NAME
 from ..scoring import clip_score
 
 
@@ -129,6 +130,7 @@ class AnomalyDetector:
 
     kind: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    score_unit: ClassVar[str] = "anomaly score"
     servable: ClassVar[bool] = False
     neural: ClassVar[bool] = False
     Model: ClassVar[type[Params]] = Params
@@ -178,6 +180,8 @@ class ServableDetector(AnomalyDetector):
     servable = True
     neural = True
     outputs: ClassVar[tuple[str, ...]] = ("reconstruction", "patch_error", "frame_error")
+    input_name: ClassVar[str] = INPUT_NAME  # or WAVEFORM_INPUT_NAME (then input_samples)
+    input_samples: int | None = None
 
     def serving_function(self):
         """The ``tf.function`` to export as ``serving_default`` (after :meth:`fit`)."""

@@ -49,6 +49,7 @@ class ArcFaceDetector(ServableDetector):
     kind = "arcface"
     description = "CNN attribute classifier with ArcFace loss; cosine 1-NN to training clips per domain, min over domains"
     outputs = ("patch_error", "frame_error")
+    score_unit = "cosine distance to the nearest normal training clip"
 
     class Model(Params):
         filters: list[int] = Field(default=[16, 32, 64], min_length=1)

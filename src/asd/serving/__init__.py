@@ -66,8 +66,10 @@ class Backend(Protocol):
 
     metadata: ModelMetadata
 
-    def predict(self, patches: np.ndarray) -> Prediction:
-        """Run ``serving_default`` on ``(n_patches, n_mels, patch_frames)`` float32 patches."""
+    def predict(self, inputs: np.ndarray) -> Prediction:
+        """Run ``serving_default`` on the model's input (``metadata.input``): log-mel
+        patches ``(n_patches, n_mels, patch_frames)`` dB, or waveforms
+        ``(n_clips, input_samples)``; float32."""
 
     def describe(self) -> str:
         """One line naming the runtime and the model, for status displays."""

@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..layout import resolve_version_dir
-from ..metadata import INPUT_NAME, SERVING_SIGNATURE, ModelMetadata
+from ..metadata import SERVING_SIGNATURE, ModelMetadata
 from . import Prediction
 
 
@@ -38,10 +38,10 @@ class FunctionBackend:
     def describe(self) -> str:
         return f"serving function of model '{self.metadata.name}' version {self.metadata.version} (not exported)"
 
-    def predict(self, patches: np.ndarray) -> Prediction:
-        """Run the function on ``(n_patches, n_mels, patch_frames)`` float32 patches."""
-        outputs = self._serve(**{INPUT_NAME: tf.constant(patches, dtype=tf.float32)})
-        return Prediction.from_outputs({k: v.numpy() for k, v in outputs.items()}, len(patches))
+    def predict(self, inputs: np.ndarray) -> Prediction:
+        """Run the function on its input (see :meth:`asd.serving.Backend.predict`)."""
+        outputs = self._serve(**{self.metadata.input: tf.constant(inputs, dtype=tf.float32)})
+        return Prediction.from_outputs({k: v.numpy() for k, v in outputs.items()}, len(inputs))
 
 
 class InProcessBackend(FunctionBackend):

@@ -20,11 +20,11 @@ import numpy as np
 import requests
 
 from ..metadata import (
-    INPUT_NAME,
     METADATA_INPUT_NAME,
     METADATA_OUTPUT_NAME,
     METADATA_SIGNATURE,
     SERVING_SIGNATURE,
+    WAVEFORM_INPUT_NAME,
     ModelMetadata,
 )
 from . import Prediction, ServingError
@@ -32,6 +32,9 @@ from . import Prediction, ServingError
 # dB values are sent with 3 decimals (1/1000 dB, far below any audible or model-relevant
 # difference) to keep the JSON payload short.
 DECIMALS = 3
+# Samples in [-1, 1] with 7 decimals: within 1/600 of a 16-bit step (2**-15), so the
+# whole-clip spectrum, whose quiet bins are sensitive, comes out as in-process (rel. 1e-5).
+WAVEFORM_DECIMALS = 7
 
 
 class RestBackend:
@@ -119,16 +122,19 @@ class RestBackend:
             raise ServingError(f"model '{self.name}' has no usable '{METADATA_SIGNATURE}' signature; not an asd model")
         return value
 
-    def predict(self, patches: np.ndarray) -> Prediction:
-        """Run ``serving_default`` on patches of shape ``(n_patches, n_mels, patch_frames)``.
+    def predict(self, inputs: np.ndarray) -> Prediction:
+        """Run ``serving_default`` on the model's input (log-mel patches
+        ``(n_patches, n_mels, patch_frames)`` in dB, or waveforms ``(n_clips, input_samples)``).
 
         Raises
         ------
         ServingError
             Server unreachable, slow, or answering with an error or a malformed body.
         """
-        rounded = np.round(np.asarray(patches, dtype=np.float64), DECIMALS)
-        outputs = self._predict(SERVING_SIGNATURE, {INPUT_NAME: rounded.tolist()})
+        name = self.metadata.input
+        decimals = WAVEFORM_DECIMALS if name == WAVEFORM_INPUT_NAME else DECIMALS
+        rounded = np.round(np.asarray(inputs, dtype=np.float64), decimals)
+        outputs = self._predict(SERVING_SIGNATURE, {name: rounded.tolist()})
         if not isinstance(outputs, dict):
             raise ServingError("TF Serving's answer lacks named outputs; is it an asd model?")
-        return Prediction.from_outputs(outputs, len(patches))
+        return Prediction.from_outputs(outputs, len(inputs))
