@@ -30,7 +30,7 @@ def full_data_or_skip() -> Path:
 
 @pytest.fixture(scope="session")
 def trained_model(tmp_path_factory):
-    """A model trained for 2 epochs on the 10 real training clips of the subset,
+    """A convolutional autoencoder trained for 2 epochs on the 10 real training clips of the subset,
     evaluated on its 8 test clips and exported: ``(models_dir, TrainResult)``."""
     from asd.config import load_train_config
     from asd.train import train
@@ -42,6 +42,8 @@ def trained_model(tmp_path_factory):
             f"data_dir={SUBSET}",
             f"models_dir={root / 'models'}",
             f"runs_dir={root / 'runs'}",
+            "detector=conv_ae",
+            "model={filters: [16, 32, 64], latent_dim: 32}",
             "training.epochs=2",
             "training.batch_size=64",
         ],

@@ -114,3 +114,13 @@ def test_detector_scores_a_real_clip(trained_model):
     assert result.score == pytest.approx(result.patch_error.mean())
     assert result.verdict in ("normal", "anomalous")
     assert result.verdict == ("anomalous" if result.score > result.threshold else "normal")
+
+
+def test_savedmodel_stores_each_weight_once(trained_model):
+    """keras#23553: ExportArchive.track() would store every weight twice."""
+    import tensorflow as tf
+
+    _, result = trained_model
+    reader = tf.train.load_checkpoint(str(result.version_dir / "variables" / "variables"))
+    stored = sum(int(np.prod(shape)) for key, shape in reader.get_variable_to_shape_map().items() if key != "_CHECKPOINTABLE_OBJECT_GRAPH")
+    assert stored == result.metadata.training["parameters"]

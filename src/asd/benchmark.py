@@ -111,7 +111,6 @@ def run_benchmark(
     detectors: list[str],
     out_dir: str | Path,
     max_train_clips: int | None = None,
-    export_dir: str | Path | None = None,
     log=print,
 ) -> dict:
     """Train and evaluate ``detectors`` (entry names of ``config``) and write the report.
@@ -122,10 +121,6 @@ def run_benchmark(
         A machine-type folder with ``train/`` (normal clips) and labelled ``test/``.
     max_train_clips : int, optional
         Use this many training clips (stratified by domain), for quick runs.
-    export_dir : path, optional
-        Export the first-seed model of every servable detector as a SavedModel
-        ``<export_dir>/<entry>/1/`` (threshold and evaluation in its metadata), so that
-        the model shipped is one whose figures are in the table.
 
     Returns
     -------
@@ -190,17 +185,6 @@ def run_benchmark(
             if not runs:
                 first_scores[name] = scores
                 threshold = _plot_threshold(np.asarray(detector.training_scores(train), float), config.threshold_quantile)
-                if export_dir is not None and probe.servable:
-                    from .train import export_fitted
-
-                    metadata = export_fitted(
-                        detector, train, name=name, version_dir=Path(export_dir) / name / "1",
-                        machine_type=train.clips[0].machine_type or data_dir.name, data_dir=data_dir,
-                        settings={"benchmark_entry": entry.model_dump(mode="json"), "features": config.features},
-                        threshold_quantile=config.threshold_quantile, evaluate=True, run_dir=out_dir / "runs" / name, log=lambda *_: None,
-                    )
-                    run["exported"] = str(Path(export_dir) / name / "1")
-                    log(f"[{name}] exported {run['exported']} (its asd evaluate: official {metadata.evaluation['official_score']:.4f})")
                 from .plots import plot_roc_per_domain, plot_score_histogram
 
                 plot_roc_per_domain(labels, domains, scores, f"{name} (seed {seed})", out_dir / "plots" / f"{name}_roc.png")

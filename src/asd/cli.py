@@ -149,7 +149,7 @@ def cmd_benchmark(args) -> int:
         raise FileNotFoundError(f"{args.data}: needs train/ and test/ folders (a machine-type folder such as dev_data/ToyCar)")
     from .benchmark import run_benchmark  # imports the detectors' libraries
 
-    report = run_benchmark(args.data, config, names, args.out, max_train_clips=args.max_train_clips, export_dir=args.export_models)
+    report = run_benchmark(args.data, config, names, args.out, max_train_clips=args.max_train_clips)
     print((Path(args.out) / "results.md").read_text(), end="")
     print(f"report: {Path(args.out) / 'results.md'}, {Path(args.out) / 'results.json'}; plots in {Path(args.out) / 'plots'}")
     return 0
@@ -188,8 +188,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a setting, e.g. detectors.conv_ae.training.epochs=2")
     p.add_argument("--seeds", type=int, help="use the first N seeds of the config for neural detectors (default: all)")
     p.add_argument("--max-train-clips", type=int, help="use this many training clips (quick runs)")
-    p.add_argument("--export-models", metavar="DIR",
-                   help="also export each servable detector's first-seed model to DIR/<detector>/1 (TF Serving layout)")
     p.set_defaults(func=cmd_benchmark)
     return parser
 

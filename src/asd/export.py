@@ -85,8 +85,11 @@ def export_savedmodel(
         return {METADATA_OUTPUT_NAME: metadata_json}
 
     archive = keras.export.ExportArchive()
-    for model in models if isinstance(models, (list, tuple)) else [models]:
-        archive.track(model)
+    # Not archive.track(model): it would store every weight a second time next to the
+    # tf.Variables the endpoints capture (keras-team/keras#23553, open), doubling the
+    # SavedModel's size and TF Serving's memory. The endpoints' captured variables are
+    # tracked by the archive itself.
+    del models
     archive.add_endpoint(SERVING_SIGNATURE, serve)
     archive.add_endpoint(METADATA_SIGNATURE, metadata_fn)
     archive.write_out(str(version_dir), verbose=False)
