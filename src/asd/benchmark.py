@@ -25,11 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from . import __version__
-from .config import ConfigError, TrainingSettings, apply_overrides
+from .config import ConfigError, TrainingSettings, load_yaml_settings
 from .data import list_clips
 from .features import FeatureConfig
 from .metrics import section_metrics
@@ -66,18 +65,7 @@ def load_benchmark_config(path: str | Path, overrides: list[str] | None = None) 
     ConfigError
         Missing or invalid file, or invalid settings (named).
     """
-    try:
-        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"benchmark config {path} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"benchmark config {path} is not valid YAML: {exc}") from None
-    values = apply_overrides(values, overrides or [])
-    try:
-        return BenchmarkConfig.model_validate(values)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"benchmark config {path}: {problems}") from None
+    return load_yaml_settings(path, BenchmarkConfig, overrides, what="benchmark config")
 
 
 def figures(labels: np.ndarray, domains: np.ndarray, scores: np.ndarray) -> dict[str, float]:

@@ -149,7 +149,7 @@ def cmd_benchmark(args) -> int:
         raise FileNotFoundError(f"{args.data}: needs train/ and test/ folders (a machine-type folder such as dev_data/ToyCar)")
     from .benchmark import run_benchmark  # imports the detectors' libraries
 
-    report = run_benchmark(args.data, config, names, args.out, max_train_clips=args.max_train_clips)
+    run_benchmark(args.data, config, names, args.out, max_train_clips=args.max_train_clips)
     print((Path(args.out) / "results.md").read_text(), end="")
     print(f"report: {Path(args.out) / 'results.md'}, {Path(args.out) / 'results.json'}; plots in {Path(args.out) / 'plots'}")
     return 0

@@ -104,8 +104,13 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
     return values
 
 
-def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML training config and apply overrides.
+def validation_problems(exc: ValidationError) -> str:
+    """A pydantic error as one line: ``"key.sub: message; ..."``."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}" for e in exc.errors())
+
+
+def load_yaml_settings(path: str | Path, model: type[BaseModel], overrides: list[str] | None = None, what: str = "config file"):
+    """Read a YAML file of settings, apply ``key=value`` overrides and validate it as ``model``.
 
     Raises
     ------
@@ -115,16 +120,24 @@ def load_train_config(path: str | Path, overrides: list[str] | None = None) -> T
     try:
         values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
+        raise ConfigError(f"{what} {path} does not exist") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None
     if not isinstance(values, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of settings")
+        raise ConfigError(f"{what} {path} must hold a mapping of settings")
     values = apply_overrides(values, overrides or [])
     try:
-        return TrainConfig.model_validate(values)
+        return model.model_validate(values)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}" for e in exc.errors()
-        )
-        raise ConfigError(f"config {path}: {problems}") from None
+        raise ConfigError(f"{what} {path}: {validation_problems(exc)}") from None
+
+
+def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML training config and apply overrides.
+
+    Raises
+    ------
+    ConfigError
+        Missing or unparsable file, unknown keys, or invalid values (all named).
+    """
+    return load_yaml_settings(path, TrainConfig, overrides)

@@ -1,11 +1,12 @@
-"""Export a trained autoencoder as a SavedModel in TF Serving's layout (imports TensorFlow).
+"""Export a fitted servable detector as a SavedModel in TF Serving's layout (imports TensorFlow).
 
 The SavedModel has two signatures:
 
-- ``serving_default``: input ``logmel_patches`` float32 ``(batch, n_mels, patch_frames)``
-  in dB; outputs ``reconstruction`` (same shape, dB), ``patch_error`` ``(batch,)`` and
-  ``frame_error`` ``(batch, patch_frames)``, mean squared errors in standardised units.
-  The per-mel standardisation is part of the graph, so clients send plain log-mel.
+- ``serving_default``: the detector's served function (:mod:`asd.detectors`): input
+  ``logmel_patches`` float32 ``(batch, n_mels, patch_frames)`` in dB (or ``waveform``
+  ``(batch, n_samples)`` for whole-clip detectors); outputs ``patch_error`` ``(batch,)``,
+  ``frame_error`` and, for autoencoders, ``reconstruction``. Any normalisation is part of
+  the graph, so clients send plain log-mel (or samples).
 - ``metadata``: input ``unused`` float32 ``(n,)``, output ``metadata_json``: the same JSON
   as ``assets.extra/asd_metadata.json``, for clients that see only the server.
 
@@ -18,45 +19,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from .features import FeatureConfig
-from .metadata import INPUT_NAME, METADATA_INPUT_NAME, METADATA_OUTPUT_NAME, METADATA_SIGNATURE, SERVING_SIGNATURE, ModelMetadata
-
-
-def make_serving_function(
-    autoencoder: keras.Model, mean: np.ndarray, std: np.ndarray, features: FeatureConfig
-) -> tf.types.experimental.PolymorphicFunction:
-    """The ``serving_default`` computation, as a ``tf.function``.
-
-    Training scores clips with this same function before export, so the threshold and
-    the evaluation figures come from exactly what is served.
-
-    Parameters
-    ----------
-    autoencoder : keras.Model
-        Maps standardised ``(batch, n_mels, patch_frames, 1)`` patches to their
-        reconstruction.
-    mean, std : np.ndarray [shape=(n_mels,)]
-        Per-mel standardisation (dB) from the training clips.
-    """
-    mean_t = tf.constant(np.asarray(mean, np.float32)[None, :, None])
-    std_t = tf.constant(np.asarray(std, np.float32)[None, :, None])
-    spec = tf.TensorSpec([None, features.n_mels, features.patch_frames], tf.float32, name=INPUT_NAME)
-
-    @tf.function(input_signature=[spec])
-    def serve(logmel_patches):
-        standardised = (logmel_patches - mean_t) / std_t
-        recon = autoencoder(standardised[..., None], training=False)[..., 0]
-        squared = tf.square(standardised - recon)
-        return {
-            "reconstruction": recon * std_t + mean_t,
-            "patch_error": tf.reduce_mean(squared, axis=[1, 2]),
-            "frame_error": tf.reduce_mean(squared, axis=1),
-        }
-
-    return serve
+from .metadata import METADATA_INPUT_NAME, METADATA_OUTPUT_NAME, METADATA_SIGNATURE, SERVING_SIGNATURE, ModelMetadata
 
 
 def export_savedmodel(

@@ -73,6 +73,11 @@ def per_mel_standardisation(clips: ClipSet) -> tuple[np.ndarray, np.ndarray]:
     return frames.mean(axis=1).astype(np.float32), np.maximum(frames.std(axis=1), 1e-3).astype(np.float32)
 
 
+def normalisation_record(mean: np.ndarray, std: np.ndarray) -> dict:
+    """The per-mel standardisation inside a model, as stored in its metadata."""
+    return {"kind": "per_mel_standardisation", "mean_db": mean.round(4).tolist(), "std_db": std.round(4).tolist()}
+
+
 def _patch_spec(features: FeatureConfig) -> tf.TensorSpec:
     return tf.TensorSpec([None, features.n_mels, features.patch_frames], tf.float32, name=INPUT_NAME)
 
@@ -114,11 +119,9 @@ class _PatchAutoencoder(ServableDetector):
         return self.model
 
     def normalisation(self) -> dict:
-        return {"kind": "per_mel_standardisation", "mean_db": self.mean.round(4).tolist(), "std_db": self.std.round(4).tolist()}
+        return normalisation_record(self.mean, self.std)
 
-    def serving_function(self):
-        if getattr(self, "_serve", None) is not None:
-            return self._serve
+    def build_serving_function(self):
         mean_t = tf.constant(self.mean[None, :, None])
         std_t = tf.constant(self.std[None, :, None])
         model = self.model
@@ -134,7 +137,6 @@ class _PatchAutoencoder(ServableDetector):
                 "frame_error": tf.reduce_mean(squared, axis=1),
             }
 
-        self._serve = serve
         return serve
 
 
@@ -338,9 +340,7 @@ class DenseAutoencoder(ServableDetector):
     def trackable(self):
         return self.model
 
-    def serving_function(self):
-        if getattr(self, "_serve", None) is not None:
-            return self._serve
+    def build_serving_function(self):
         model, context = self.model, self.params.context_frames
         to_frames = tf.constant(_vector_to_frame_matrix(self.features.patch_frames, context))
         domains = [(tf.constant(m), tf.constant(p)) for m, p in (self.residual_stats or {}).values()]
@@ -365,7 +365,6 @@ class DenseAutoencoder(ServableDetector):
             frame_error = tf.matmul(vector_error, to_frames)
             return {"patch_error": tf.reduce_mean(vector_error, axis=1), "frame_error": frame_error}
 
-        self._serve = serve
         return serve
 
 

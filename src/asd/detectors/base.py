@@ -139,8 +139,9 @@ class AnomalyDetector:
         try:
             self.params = self.Model.model_validate(model or {})
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise DetectorConfigError(f"detector {self.kind}: {problems}") from None
+            from ..config import validation_problems
+
+            raise DetectorConfigError(f"detector {self.kind}: {validation_problems(exc)}") from None
         self.features = features
         self.training = training
         self.seed = seed
@@ -184,7 +185,12 @@ class ServableDetector(AnomalyDetector):
     input_samples: int | None = None
 
     def serving_function(self):
-        """The ``tf.function`` to export as ``serving_default`` (after :meth:`fit`)."""
+        """The ``tf.function`` to export as ``serving_default`` (after :meth:`fit`; built once)."""
+        if getattr(self, "_serve", None) is None:
+            self._serve = self.build_serving_function()
+        return self._serve
+
+    def build_serving_function(self):
         raise NotImplementedError
 
     def trackable(self):

@@ -23,7 +23,7 @@ import tensorflow as tf
 from keras import layers
 from pydantic import Field
 
-from .autoencoders import _patch_spec, per_mel_standardisation
+from .autoencoders import _patch_spec, normalisation_record, per_mel_standardisation
 from .base import ClipSet, Params, ServableDetector
 
 
@@ -155,11 +155,9 @@ class ArcFaceDetector(ServableDetector):
         return scores
 
     def normalisation(self) -> dict:
-        return {"kind": "per_mel_standardisation", "mean_db": self.mean.round(4).tolist(), "std_db": self.std.round(4).tolist()}
+        return normalisation_record(self.mean, self.std)
 
-    def serving_function(self):
-        if getattr(self, "_serve", None) is not None:
-            return self._serve
+    def build_serving_function(self):
         mean_t = tf.constant(self.mean[None, :, None])
         std_t = tf.constant(self.std[None, :, None])
         banks = [tf.constant(b.T) for b in self.bank.values()]  # each (embedding_dim, n_clips)
@@ -173,7 +171,6 @@ class ArcFaceDetector(ServableDetector):
             # one score per patch; frames carry their patch's score (for the error-over-time plot)
             return {"patch_error": distance, "frame_error": tf.tile(distance[:, None], [1, frames])}
 
-        self._serve = serve
         return serve
 
     def size_bytes(self) -> int:

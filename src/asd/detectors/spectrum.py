@@ -181,9 +181,7 @@ class SpectrumAdaCosDetector(ServableDetector):
             scales["target"] *= scales["source"] / np.mean(subsets)
         return scales
 
-    def serving_function(self):
-        if getattr(self, "_serve", None) is not None:
-            return self._serve
+    def build_serving_function(self):
         spread = tf.constant(self.spread, tf.float32)
         members = [
             (embedder, {d: tf.constant(b.T) for d, b in banks.items()}, {d: tf.constant(max(v, 1e-12), tf.float32) for d, v in scales.items()})
@@ -202,7 +200,6 @@ class SpectrumAdaCosDetector(ServableDetector):
             score = tf.reduce_min(tf.stack([tf.reduce_mean(tf.stack(per_domain[d]), axis=0) for d in domains]), axis=0)
             return {"patch_error": score, "frame_error": score[:, None]}
 
-        self._serve = serve
         return serve
 
     def score(self, clips: ClipSet) -> np.ndarray:
