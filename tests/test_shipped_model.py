@@ -1,7 +1,6 @@
 """The model committed in production/models: small, compatible, and its figures real."""
 
 import json
-import re
 import subprocess
 import sys
 
@@ -42,3 +41,30 @@ def test_shipped_figures_are_what_evaluate_prints_on_the_full_test_set(tmp_path)
     row = next(line for line in readme.splitlines() if line.startswith("| **this project"))
     for key in ("auc_source", "auc_target", "pauc", "official_score"):
         assert f"{measured[key]:.3f}" in row, f"README results row lacks {key} = {measured[key]:.3f}"
+
+
+BENCHMARK = REPO / "benchmarks" / "toycar"
+
+
+def test_readme_shows_the_benchmark_table_as_the_command_wrote_it():
+    written = (BENCHMARK / "results.md").read_text()
+    readme = (REPO / "README.md").read_text()
+    for line in written.splitlines():
+        if line.startswith("|") or line.startswith("Held-apart check"):
+            assert line in readme, f"README lacks the benchmark line: {line[:60]}..."
+
+
+def test_shipped_model_is_the_benchmarks_best_servable_detector_first_seed():
+    """The shipped model was trained with the benchmark's settings and first seed
+    (training is deterministic on CPU), so its figures are that run's."""
+    report = json.loads((BENCHMARK / "results.json").read_text())
+    best = report["selection"]["best_servable"]
+    entry = report["detectors"][best]
+    meta = ModelMetadata.read(resolve_version_dir(SHIPPED_MODELS))
+    assert meta.detector == entry["kind"]
+    assert meta.training["seed"] == entry["runs"][0]["seed"]
+    assert meta.training["config"]["model"] == entry["settings"]["model"]
+    assert {k: meta.training["config"]["training"][k] for k in ("epochs", "batch_size", "learning_rate")} == {
+        k: entry["settings"]["training"][k] for k in ("epochs", "batch_size", "learning_rate")}
+    for key in ("auc_source", "auc_target", "pauc", "official_score"):
+        assert meta.evaluation[key] == pytest.approx(entry["runs"][0][key], abs=1e-6), key
