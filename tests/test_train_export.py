@@ -124,3 +124,11 @@ def test_savedmodel_stores_each_weight_once(trained_model):
     reader = tf.train.load_checkpoint(str(result.version_dir / "variables" / "variables"))
     stored = sum(int(np.prod(shape)) for key, shape in reader.get_variable_to_shape_map().items() if key != "_CHECKPOINTABLE_OBJECT_GRAPH")
     assert stored == result.metadata.training["parameters"]
+
+
+def test_metadata_with_an_unknown_model_input_is_refused(trained_model):
+    _, result = trained_model
+    values = json.loads((result.version_dir / "assets.extra/asd_metadata.json").read_text())
+    values["signature"]["input"] = "mfcc"
+    with pytest.raises(ModelMismatchError, match="model input 'mfcc'"):
+        ModelMetadata.from_dict(values)

@@ -37,7 +37,8 @@ class ClipResult:
         An autoencoder's reconstruction (dB), overlap-averaged over patches; None for
         detectors that do not reconstruct.
     frame_error : np.ndarray [shape=(n_frames,), dtype=float32]
-        Reconstruction error of each frame, overlap-averaged over patches.
+        Score of each frame, overlap-averaged over patches (autoencoders: reconstruction
+        error); for waveform-input models the clip's score on every frame.
     patch_error : np.ndarray [shape=(n_patches,), dtype=float32]
     frame_seconds : float
         Seconds between frames, for time axes.

@@ -125,6 +125,12 @@ class ModelMetadata:
                 f"model metadata format {values.get('format')!r} is not {FORMAT!r}: "
                 "this model was exported by another version of asd; re-export it"
             )
+        signature = values.get("signature", {})
+        if signature.get("input", INPUT_NAME) not in (INPUT_NAME, WAVEFORM_INPUT_NAME):
+            raise ModelMismatchError(
+                f"model input {signature.get('input')!r} is neither {INPUT_NAME!r} nor {WAVEFORM_INPUT_NAME!r}; "
+                "this asd version cannot feed it"
+            )
         try:
             return cls(
                 name=values["name"],
