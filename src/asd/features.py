@@ -211,3 +211,24 @@ def patches_to_frames(values: np.ndarray, n_frames: int, config: FeatureConfig) 
         total[..., start : start + config.patch_frames] += value
         count[start : start + config.patch_frames] += 1
     return (total / count).astype(np.float32)
+
+
+def fit_waveform(samples: np.ndarray, n_samples: int, sample_rate: int) -> tuple[np.ndarray, str | None]:
+    """Cut or zero-pad a clip's samples to the ``n_samples`` a waveform-input model takes
+    (training and serving alike).
+
+    Returns
+    -------
+    waveform : np.ndarray [shape=(n_samples,), dtype=float32]
+    note : str or None
+        What was done, for the user (None when the length was right).
+    """
+    waveform = np.zeros(n_samples, np.float32)
+    n = min(n_samples, len(samples))
+    waveform[:n] = samples[:n]
+    if len(samples) == n_samples:
+        return waveform, None
+    seconds = n_samples / sample_rate
+    if len(samples) > n_samples:
+        return waveform, f"the model scores the first {seconds:g} s; the rest of the clip was not used"
+    return waveform, f"the clip is {len(samples) / sample_rate:.2f} s long; zero-padded to the model's {seconds:g} s"

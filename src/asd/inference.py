@@ -13,7 +13,7 @@ from typing import BinaryIO
 import numpy as np
 
 from .audio import AudioClip, load_audio
-from .features import FeatureConfig, clip_patches, patches_to_frames
+from .features import FeatureConfig, clip_patches, fit_waveform, patches_to_frames
 from .metadata import WAVEFORM_INPUT_NAME
 from .scoring import clip_score, verdict
 
@@ -66,26 +66,6 @@ class ClipResult:
     def frame_times_s(self) -> np.ndarray:
         """Start time of each frame in seconds, shape ``(n_frames,)``."""
         return np.arange(len(self.frame_error)) * self.frame_seconds
-
-
-def fit_waveform(samples: np.ndarray, n_samples: int, sample_rate: int) -> tuple[np.ndarray, str | None]:
-    """Cut or zero-pad a clip's samples to the ``n_samples`` a waveform-input model takes.
-
-    Returns
-    -------
-    waveform : np.ndarray [shape=(n_samples,), dtype=float32]
-    note : str or None
-        What was done, for the user (None when the length was right).
-    """
-    waveform = np.zeros(n_samples, np.float32)
-    n = min(n_samples, len(samples))
-    waveform[:n] = samples[:n]
-    if len(samples) == n_samples:
-        return waveform, None
-    seconds = n_samples / sample_rate
-    if len(samples) > n_samples:
-        return waveform, f"the model scores the first {seconds:g} s; the rest of the clip was not used"
-    return waveform, f"the clip is {len(samples) / sample_rate:.2f} s long; zero-padded to the model's {seconds:g} s"
 
 
 class Detector:

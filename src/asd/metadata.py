@@ -142,12 +142,10 @@ class ModelMetadata:
                 normalisation=values.get("normalisation", {}),
                 training=values.get("training", {}),
                 evaluation=values.get("evaluation"),
-                outputs=list(values.get("signature", {}).get("outputs", OUTPUT_NAMES)),
+                outputs=list(signature.get("outputs", OUTPUT_NAMES)),
                 score_unit=values.get("score_unit", cls.score_unit),
-                input=values.get("signature", {}).get("input", INPUT_NAME),
-                input_samples=(values.get("signature", {}).get("input_shape") or [None, None])[1]
-                if values.get("signature", {}).get("input") == WAVEFORM_INPUT_NAME
-                else None,
+                input=signature.get("input", INPUT_NAME),
+                input_samples=int(signature["input_shape"][1]) if signature.get("input") == WAVEFORM_INPUT_NAME else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelMismatchError(f"model metadata is incomplete or invalid: {exc}") from None

@@ -91,7 +91,6 @@ def train(config: TrainConfig, log=print) -> TrainResult:
     train_set = load_clipset(clips, features)
     run_dir = config.runs_dir / config.name / f"{datetime.now():%Y%m%d-%H%M%S}-v{version}"
     log(f"training {config.detector}: {detector.description}")
-    keras.utils.set_random_seed(config.seed)
     detector.fit(train_set, run_dir=run_dir, log=log)
     metadata = export_fitted(
         detector, train_set, name=config.name, version_dir=version_dir, machine_type=machine_type,

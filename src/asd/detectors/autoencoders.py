@@ -17,6 +17,8 @@ All take plain dB log-mel patches ``(batch, n_mels, patch_frames)`` in the serve
 
 from __future__ import annotations
 
+import time
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -34,8 +36,6 @@ def fit_keras(model: keras.Model, x, x_val, training, seed: int, run_dir=None, l
     """Fit ``model`` to reconstruct ``x`` (Adam, MSE), with early stopping on ``x_val``
     and TensorBoard logs in ``run_dir``. Returns what a report needs: epochs run, best
     epoch and losses, seconds per epoch."""
-    import time
-
     model.compile(optimizer=keras.optimizers.Adam(training.learning_rate), loss="mse")
     monitor = "val_loss" if x_val is not None and len(x_val) else "loss"
     callbacks = [
@@ -235,9 +235,7 @@ class VariationalAutoencoder(_PatchAutoencoder):
     kind = "vae"
     description = "convolutional variational autoencoder on log-mel patches, reconstruction MSE"
 
-    class Model(Params):
-        filters: list[int] = Field(default=[16, 32, 64], min_length=1)
-        latent_dim: int = Field(default=32, gt=0)
+    class Model(ConvAutoencoder.Model):
         beta: float = Field(default=0.01, ge=0, description="weight of the KL term per patch")
 
     def build(self):

@@ -164,7 +164,7 @@ class AnomalyDetector:
         return {}
 
     def size_bytes(self) -> int:
-        """Bytes the fitted detector takes (its pickled state; SavedModel for servable ones)."""
+        """Bytes the fitted detector takes: its pickled state (servable ones: float32 weights)."""
         return len(pickle.dumps(self._state()))
 
     def _state(self):

@@ -54,9 +54,10 @@ class _Classical(AnomalyDetector):
 
             self.autoencoder, reused = fitted_conv_autoencoder(self.features, self.training, self.seed, train, run_dir, log)
             self.info = {"autoencoder": self.autoencoder.info, "autoencoder_reused": reused}
-        self.scaler = StandardScaler().fit(self._vectors(train))
+        vectors = self._vectors(train)
+        self.scaler = StandardScaler().fit(vectors)
         self.estimator = self.make_estimator(len(train))
-        self.estimator.fit(self.scaler.transform(self._vectors(train)))
+        self.estimator.fit(self.scaler.transform(vectors))
         return self
 
     def score(self, clips: ClipSet) -> np.ndarray:

@@ -17,6 +17,8 @@ embeddings are stored in the graph, so TF Serving serves the whole computation.
 
 from __future__ import annotations
 
+import time
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -107,8 +109,6 @@ class ArcFaceDetector(ServableDetector):
             .prefetch(tf.data.AUTOTUNE)
         )
         callbacks = [keras.callbacks.TensorBoard(log_dir=str(run_dir), update_freq="epoch")] if run_dir is not None else []
-        import time
-
         started = time.monotonic()
         history = classifier.fit(dataset, epochs=self.training.epochs, callbacks=callbacks, verbose=2 if log else 0, shuffle=False).history
         self.info = {

@@ -28,6 +28,8 @@ its features with the same TensorFlow function.
 
 from __future__ import annotations
 
+import time
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -35,6 +37,7 @@ from keras import layers
 from pydantic import Field
 
 from ..audio import load_audio
+from ..features import fit_waveform
 from ..metadata import WAVEFORM_INPUT_NAME
 from .base import ClipSet, Params, ServableDetector
 
@@ -85,8 +88,6 @@ class SpectrumAdaCosDetector(ServableDetector):
 
     def waveforms(self, clips: ClipSet) -> np.ndarray:
         """Clips' samples cut or zero-padded to ``input_samples``: ``(n_clips, input_samples)`` float32."""
-        from ..inference import fit_waveform
-
         return np.stack([fit_waveform(load_audio(c.path, self.features.sample_rate).samples, self.input_samples,
                                       self.features.sample_rate)[0] for c in clips.clips])
 
@@ -123,8 +124,6 @@ class SpectrumAdaCosDetector(ServableDetector):
         return classifier, embedder
 
     def fit(self, train: ClipSet, run_dir=None, log=print):
-        import time
-
         started = time.monotonic()
         x = self._spectra(train)
         self.spread = float(x.std())
