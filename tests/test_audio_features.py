@@ -8,7 +8,14 @@ import soundfile as sf
 
 from asd.audio import AudioError, load_audio
 from asd.data import list_clips
-from asd.features import ClipTooShortError, FeatureConfig, clip_patches, patches_to_frames, to_patches
+from asd.features import (
+    ClipTooShortError,
+    FeatureConfig,
+    clip_patches,
+    log_mel_spectrogram,
+    patches_to_frames,
+    to_patches,
+)
 
 from .conftest import SAMPLE_ANOMALY, SAMPLE_NORMAL, SUBSET, SUBSET_FLAC_OF_SAMPLE
 
@@ -51,6 +58,24 @@ def test_log_mel_and_patch_shapes_of_a_12_s_clip():
     np.testing.assert_array_equal(patches[-1], logmel[:, -32:])
     # overlap-averaging the patches back gives the spectrogram again
     np.testing.assert_allclose(patches_to_frames(patches, 376, FEATURES), logmel, atol=1e-4)
+
+
+@pytest.mark.parametrize("settings", [{}, {"power": 1.0, "fmin": 50.0, "fmax": 7000.0, "n_mels": 64}])
+def test_log_mel_equals_librosa_melspectrogram_on_real_clips(settings):
+    """The step-by-step log-mel (cached filter bank) is librosa's melspectrogram + power_to_db."""
+    import librosa
+
+    config = FeatureConfig(**settings)
+    for path in (SAMPLE_NORMAL, SAMPLE_ANOMALY):
+        samples = load_audio(path, 16000).samples
+        reference = librosa.power_to_db(
+            librosa.feature.melspectrogram(
+                y=samples, sr=16000, n_fft=config.n_fft, hop_length=config.hop_length, n_mels=config.n_mels,
+                power=config.power, fmin=config.fmin, fmax=config.fmax or 8000,
+            ),
+            ref=config.db_ref, amin=config.db_amin, top_db=None,
+        )
+        np.testing.assert_allclose(log_mel_spectrogram(samples, config), reference, atol=1e-3)
 
 
 def test_last_patch_is_flush_with_the_end_when_hop_does_not_divide():

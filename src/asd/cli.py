@@ -116,18 +116,16 @@ def cmd_evaluate(args) -> int:
 def cmd_score(args) -> int:
     detector = _detector(args)
     failed = 0
-    for file in args.files:
-        try:
-            result = detector.score_file(Path(file), name=file)
-        except AudioError as exc:  # its message starts with the file name
-            message = str(exc)
-        except ClipTooShortError as exc:
-            message = f"{file}: {exc}"
-        except OSError as exc:  # missing, a directory, unreadable
-            message = f"{file}: {exc.strerror or exc}"
+    for file, outcome in detector.score_files(args.files, workers=args.workers, batch_size=args.batch_size):
+        if isinstance(outcome, AudioError):  # its message starts with the file name
+            message = str(outcome)
+        elif isinstance(outcome, ClipTooShortError):
+            message = f"{file}: {outcome}"
+        elif isinstance(outcome, OSError):  # missing, a directory, unreadable
+            message = f"{file}: {outcome.strerror or outcome}"
         else:
-            notes = f"\t({'; '.join(result.notes)})" if result.notes else ""
-            print(f"{file}\t{result.score:.6f}\t{result.threshold:.6f}\t{result.verdict}{notes}", flush=True)
+            notes = f"\t({'; '.join(outcome.notes)})" if outcome.notes else ""
+            print(f"{file}\t{outcome.score:.6f}\t{outcome.threshold:.6f}\t{outcome.verdict}{notes}", flush=True)
             continue
         failed += 1
         print(f"asd: error: {message}", file=sys.stderr)
@@ -200,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="score WAV/FLAC files: file, anomaly score, threshold, verdict")
     p.add_argument("files", nargs="+", metavar="FILE")
     _add_backend_options(p)
+    p.add_argument("--workers", type=int, default=2,
+                   help="threads decoding clips and computing log-mel ahead of the model (default 2)")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="clips per model request at most, of those ready when the model is free (default 8)")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("benchmark", help="train and evaluate several detectors on the same split; write a table and plots")

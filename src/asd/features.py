@@ -8,6 +8,7 @@ features cannot differ. The defaults are the DCASE 2020-2024 Task 2 baselines' s
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -121,18 +122,37 @@ def log_mel_spectrogram(samples: np.ndarray, config: FeatureConfig) -> np.ndarra
     """
     import librosa  # deferred: importing librosa costs ~1 s, paid only when used
 
-    mel = librosa.feature.melspectrogram(
-        y=samples,
-        sr=config.sample_rate,
-        n_fft=config.n_fft,
-        hop_length=config.hop_length,
-        n_mels=config.n_mels,
-        power=config.power,
-        fmin=config.fmin,
-        fmax=config.fmax or config.sample_rate / 2,
-    )
+    # librosa.feature.melspectrogram step by step (same STFT, filter bank and dB), with
+    # the filter bank built once per setting instead of on every call (~0.8 ms of the
+    # ~4 ms a 12 s clip takes) and |X|^2 as re^2 + im^2 (no square root).
+    stft = librosa.stft(samples, n_fft=config.n_fft, hop_length=config.hop_length)
+    if config.power == 2.0:
+        spectrum = np.square(stft.real) + np.square(stft.imag)
+    else:
+        spectrum = np.abs(stft) ** config.power
+    mel = mel_filter_bank(config) @ spectrum
     db = librosa.power_to_db(mel, ref=config.db_ref, amin=config.db_amin, top_db=None)
     return db.astype(np.float32, copy=False)
+
+
+@functools.lru_cache(maxsize=8)
+def mel_filter_bank(config: FeatureConfig) -> np.ndarray:
+    """The mel filter bank of ``config``, built once per setting (read-only).
+
+    Returns
+    -------
+    np.ndarray [shape=(n_mels, 1 + n_fft // 2), dtype=float32]
+        ``librosa.filters.mel`` (Slaney mel scale and area normalisation, librosa's
+        defaults, as ``librosa.feature.melspectrogram`` uses).
+    """
+    import librosa
+
+    bank = librosa.filters.mel(
+        sr=config.sample_rate, n_fft=config.n_fft, n_mels=config.n_mels, fmin=config.fmin,
+        fmax=config.fmax or config.sample_rate / 2,
+    )
+    bank.setflags(write=False)  # shared between calls and threads
+    return bank
 
 
 def patch_starts(n_frames: int, config: FeatureConfig) -> np.ndarray:

@@ -6,15 +6,20 @@ the feature path (:func:`asd.features.clip_patches`), the score and the threshol
 
 from __future__ import annotations
 
+import itertools
 import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
-from .audio import AudioClip, load_audio
-from .features import FeatureConfig, clip_patches, fit_waveform, patches_to_frames
+from .audio import AudioClip, AudioError, load_audio
+from .features import ClipTooShortError, FeatureConfig, clip_patches, fit_waveform, patches_to_frames
 from .metadata import WAVEFORM_INPUT_NAME, ModelMetadata
 from .scoring import clip_score, verdict
 
@@ -171,26 +176,60 @@ class Detector:
         asd.serving.ServingError
             The backend failed.
         """
-        n_frames = prepared.logmel.shape[1]
+        return self.score_batch([prepared])[0]
+
+    def score_batch(self, batch: list["ClipFeatures"]) -> list[ClipResult]:
+        """Score several clips' features with one model request (their inputs stacked).
+
+        One request instead of one per clip pays the runtime's per-call cost once: on
+        2 cores, 8 waveforms through the shipped spectrum model take 1.9 ms a clip
+        instead of 4.0 ms (benchmarks/speed). Log-mel models gain little, their time
+        being in the convolutions.
+
+        Returns
+        -------
+        list of ClipResult
+            One per clip, in order; each ``backend_seconds`` is the whole request's.
+
+        Raises
+        ------
+        asd.serving.ServingError
+            The backend failed.
+        """
+        if not batch:
+            return []
+        inputs = batch[0].inputs if len(batch) == 1 else np.concatenate([p.inputs for p in batch])
         started = time.perf_counter()
-        prediction = self.backend.predict(prepared.inputs)
+        prediction = self.backend.predict(inputs)
         backend_seconds = time.perf_counter() - started
-        score = clip_score(prediction.patch_error)
+        ends = np.cumsum([len(p.inputs) for p in batch])
+        results = []
+        for prepared, start, end in zip(batch, np.concatenate([[0], ends[:-1]]), ends):
+            rows = slice(int(start), int(end))
+            reconstruction = None if prediction.reconstruction is None else prediction.reconstruction[rows]
+            results.append(
+                self._result(prepared, prediction.patch_error[rows], prediction.frame_error[rows], reconstruction,
+                             backend_seconds)
+            )
+        return results
+
+    def _result(self, prepared, patch_error, frame_error, reconstruction, backend_seconds) -> ClipResult:
+        """A clip's result from its rows of the model's outputs."""
+        n_frames = prepared.logmel.shape[1]
+        score = clip_score(patch_error)
         if self.metadata.input == WAVEFORM_INPUT_NAME:
-            frame_error = np.full(n_frames, score, np.float32)  # one score for the whole clip
+            frames = np.full(n_frames, score, np.float32)  # one score for the whole clip
         else:
-            frame_error = patches_to_frames(prediction.frame_error, n_frames, self.features)
+            frames = patches_to_frames(frame_error, n_frames, self.features)
         return ClipResult(
             name=prepared.name,
             score=score,
             threshold=self.threshold,
             verdict=verdict(score, self.threshold),
             logmel=prepared.logmel,
-            reconstruction=None
-            if prediction.reconstruction is None
-            else patches_to_frames(prediction.reconstruction, n_frames, self.features),
-            frame_error=frame_error,
-            patch_error=prediction.patch_error,
+            reconstruction=None if reconstruction is None else patches_to_frames(reconstruction, n_frames, self.features),
+            frame_error=frames,
+            patch_error=patch_error,
             frame_seconds=self.features.frame_seconds,
             notes=list(prepared.notes),
             backend_seconds=backend_seconds,
@@ -216,3 +255,65 @@ class Detector:
         asd.audio.AudioError, asd.features.ClipTooShortError, asd.serving.ServingError
         """
         return self.score_clip(load_audio(source, self.features.sample_rate, name=name))
+
+    def score_files(
+        self, paths: Iterable[str | Path], workers: int = 2, batch_size: int = 8
+    ) -> Iterator[tuple[str | Path, ClipResult | Exception]]:
+        """Score many files, in order: decoding and log-mel run ahead in threads, and the
+        clips ready when the model is free go to it in one request.
+
+        While the model scores some clips, ``workers`` threads decode the next ones and
+        compute their log-mel (libsndfile, numpy's FFT and BLAS release the GIL), so on
+        2 cores the feature work overlaps the model's instead of adding to it; and the
+        model takes up to ``batch_size`` clips per request (see :meth:`score_batch`).
+
+        Parameters
+        ----------
+        paths : iterable of str or Path
+            Files, each also its name in results and messages.
+        workers : int
+            Threads for decoding and features (default 2: the cores of a small box).
+        batch_size : int
+            Clips per model request at most; also how far the threads run ahead (two
+            batches, ~1 MB of features a clip).
+
+        Yields
+        ------
+        (path, ClipResult or Exception)
+            In the order of ``paths``. A file that cannot be used yields its
+            :class:`~asd.audio.AudioError`, :class:`~asd.features.ClipTooShortError` or
+            ``OSError`` (missing, a directory, unreadable) instead of a result.
+
+        Raises
+        ------
+        asd.serving.ServingError
+            The backend failed (every later clip would fail the same way).
+        """
+
+        def prepare_file(path):
+            return self.prepare(load_audio(Path(path), self.features.sample_rate, name=str(path)))
+
+        batch_size = max(1, batch_size)
+        paths = iter(paths)
+        # The threads run clips in parallel; OpenBLAS's own threads on top of them (in
+        # the mel filter bank's matrix product) oversubscribe 2 cores: 122 -> 142 clips/s.
+        with (
+            threadpool_limits(limits=1, user_api="blas"),
+            ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="asd-features") as pool,
+        ):
+            pending = deque((p, pool.submit(prepare_file, p)) for p in itertools.islice(paths, 2 * batch_size))
+            while pending:
+                # the next clip (waiting for it), then those behind it already prepared
+                ready = [pending.popleft()]
+                while pending and len(ready) < batch_size and pending[0][1].done():
+                    ready.append(pending.popleft())
+                pending.extend((p, pool.submit(prepare_file, p)) for p in itertools.islice(paths, len(ready)))
+                outcomes: list = []
+                for path, future in ready:
+                    try:
+                        outcomes.append(future.result())
+                    except (AudioError, ClipTooShortError, OSError) as exc:
+                        outcomes.append(exc)
+                scored = iter(self.score_batch([o for o in outcomes if isinstance(o, ClipFeatures)]))
+                for (path, _), outcome in zip(ready, outcomes):
+                    yield path, next(scored) if isinstance(outcome, ClipFeatures) else outcome

@@ -14,10 +14,10 @@ The columnar format is used because outputs need not share the batch dimension
 
 from __future__ import annotations
 
-import json
 import threading
 
 import numpy as np
+import orjson
 import requests
 
 from ..metadata import (
@@ -33,9 +33,45 @@ from . import Prediction, ServingError
 # dB values are sent with 3 decimals (1/1000 dB, far below any audible or model-relevant
 # difference) to keep the JSON payload short.
 DECIMALS = 3
-# Samples in [-1, 1] with 7 decimals: within 1/600 of a 16-bit step (2**-15), so the
-# whole-clip spectrum, whose quiet bins are sensitive, comes out as in-process (rel. 1e-5).
-WAVEFORM_DECIMALS = 7
+
+
+def encode_predict_request(inputs: np.ndarray, input_name: str, signature: str = SERVING_SIGNATURE) -> bytes:
+    """The JSON body of a ``:predict`` request (columnar ``inputs`` format).
+
+    Parameters
+    ----------
+    inputs : np.ndarray [dtype=float32]
+        Log-mel patches ``(n_patches, n_mels, patch_frames)`` in dB, sent with
+        :data:`DECIMALS` decimals; or waveforms ``(n_clips, input_samples)`` in [-1, 1],
+        sent losslessly as float32's shortest decimal form (a 16-bit sample needs at
+        most 9 significant digits, e.g. ``-0.03128052``).
+    input_name : str
+        The signature's input (``metadata.input``).
+
+    Returns
+    -------
+    bytes
+        UTF-8 JSON, encoded by orjson straight from the float32 array: about 1.4 MB
+        for a 12 s clip's 44 patches, 1.9 MB for its 192,000 samples.
+    """
+    values = np.asarray(inputs, dtype=np.float32)
+    if input_name != WAVEFORM_INPUT_NAME:
+        values = np.round(values, DECIMALS)
+    payload = {"signature_name": signature, "inputs": {input_name: np.ascontiguousarray(values)}}
+    return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def decode_predict_response(outputs: dict | list, n_rows: int) -> Prediction:
+    """The ``outputs`` of a ``:predict`` answer (already parsed JSON) as a Prediction.
+
+    Raises
+    ------
+    ServingError
+        Outputs unnamed, missing, or with another number of rows than ``n_rows``.
+    """
+    if not isinstance(outputs, dict):
+        raise ServingError("TF Serving's answer lacks named outputs; is it an asd model?")
+    return Prediction.from_outputs(outputs, n_rows)
 
 
 class RestBackend:
@@ -101,8 +137,8 @@ class RestBackend:
                 "and the URL right?"
             ) from None
         try:
-            body = response.json()
-        except ValueError:
+            body = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
             body = {"error": response.text[:200]}
         if not response.ok:
             message = body.get("error", response.reason) if isinstance(body, dict) else response.reason
@@ -122,15 +158,17 @@ class RestBackend:
         body = self._request("GET", f"{self.model_url}/metadata")
         return body["metadata"]["signature_def"]["signature_def"]
 
-    def _predict(self, signature: str, inputs: dict) -> dict | list:
-        payload = {"signature_name": signature, "inputs": inputs}
-        body = self._request("POST", f"{self.model_url}:predict", data=json.dumps(payload))
-        if "outputs" not in body:
-            raise ServingError(f"TF Serving's answer has no 'outputs' (keys: {sorted(body)})")
-        return body["outputs"]
+    def _predict(self, body: bytes) -> dict | list:
+        """POST a ``:predict`` body; the answer's ``outputs``."""
+        answer = self._request("POST", f"{self.model_url}:predict", data=body)
+        if "outputs" not in answer:
+            raise ServingError(f"TF Serving's answer has no 'outputs' (keys: {sorted(answer)})")
+        return answer["outputs"]
 
     def _metadata_json(self) -> str:
-        outputs = self._predict(METADATA_SIGNATURE, {METADATA_INPUT_NAME: [0.0]})
+        outputs = self._predict(
+            orjson.dumps({"signature_name": METADATA_SIGNATURE, "inputs": {METADATA_INPUT_NAME: [0.0]}})
+        )
         # TF Serving returns a lone output's value without its name; one JSON per input
         # row (models exported before batching support return a scalar string).
         value = outputs.get(METADATA_OUTPUT_NAME) if isinstance(outputs, dict) else outputs
@@ -149,10 +187,5 @@ class RestBackend:
         ServingError
             Server unreachable, slow, or answering with an error or a malformed body.
         """
-        name = self.metadata.input
-        decimals = WAVEFORM_DECIMALS if name == WAVEFORM_INPUT_NAME else DECIMALS
-        rounded = np.round(np.asarray(inputs, dtype=np.float64), decimals)
-        outputs = self._predict(SERVING_SIGNATURE, {name: rounded.tolist()})
-        if not isinstance(outputs, dict):
-            raise ServingError("TF Serving's answer lacks named outputs; is it an asd model?")
-        return Prediction.from_outputs(outputs, len(inputs))
+        outputs = self._predict(encode_predict_request(inputs, self.metadata.input))
+        return decode_predict_response(outputs, len(inputs))
