@@ -15,11 +15,10 @@ models directory, reached through :func:`asd.serving.make_backend`):
    **wrong** if its clip name, verdict, score or per-patch scores differ from the
    reference of the same clip on the same backend beyond :data:`RTOL` / :data:`ATOL`.
 
-Each backend is compared with its own reference because the REST client rounds log-mel
-input to :data:`asd.serving.rest.DECIMALS` decimals of a dB, so REST scores of log-mel
-models legitimately differ from in-process ones in the 5th-6th digit (waveforms go as
-exact float32 text, gRPC as exact float32 bytes); that difference is reported
-separately, not counted.
+Each backend is compared with its own reference because the REST client rounds its
+input (:data:`asd.serving.rest.DECIMALS` for dB, ``WAVEFORM_DECIMALS`` for samples), so
+REST scores legitimately differ from in-process ones in the 5th-6th digit (gRPC sends
+exact float32 bytes); that difference is reported separately, not counted.
 
 Writes ``load_test.json`` and ``load_test.md`` (p50/p95/p99/max latency, throughput,
 lost, wrong per backend, with the machine, versions, model and settings).
@@ -511,8 +510,8 @@ def markdown_report(report: dict) -> str:
         f"{s['timeout_s']:g} s, or unanswered at the run's deadline. **Wrong**: clip name, verdict, score or "
         "per-patch scores differ from the same clip scored alone (sequentially, before the load) on the same "
         f"backend by more than {s['rtol']:g} relative + {s['atol']:g} absolute. Each backend is compared with its "
-        "own reference because the REST client rounds log-mel input (`DECIMALS` in `asd.serving.rest`; "
-        "waveforms go as exact float32 text, gRPC sends the exact float32 bytes); the last column shows how far each backend's "
+        "own reference because the REST client rounds its input (`DECIMALS` / `WAVEFORM_DECIMALS` in "
+        "`asd.serving.rest`; gRPC sends the exact float32 bytes); the last column shows how far each backend's "
         "references are from in-process ones (not counted as wrong).",
         "- **Servers**: "
         + "; ".join(f"`{k}`: {r['server']}" for k, r in report["backends"].items())

@@ -32,14 +32,15 @@ Run them with ``python -m asd.serving.standin --models production/models --port 
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
+import orjson
 import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow.core.protobuf import saved_model_pb2
@@ -163,7 +164,7 @@ class Servable:
                 f"Missing but required: {{{','.join(sorted(set(expected) - set(sent)))}}}.",
             )
         try:
-            tensors = {k: tf.constant(inputs[k], dtype=spec.dtype) for k, spec in specs.items()}
+            tensors = {k: _tensor(inputs[k], spec) for k, spec in specs.items()}
             for key, spec in specs.items():
                 if not spec.shape.is_compatible_with(tensors[key].shape):
                     raise RequestError(
@@ -346,15 +347,20 @@ class StandInServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # TCP_NODELAY, as TF Serving's C++ server: otherwise a small answer's body waits
+            # for the ACK of its headers (Nagle + delayed ACK: ~40 ms a request on loopback).
+            disable_nagle_algorithm = True
 
             def log_message(self, *args):  # quiet: tests read results, not access logs
                 pass
 
-            def _send(self, status: int, body: dict) -> None:
-                data = json.dumps(body).encode()
+            def _send(self, status: int, body: dict, started: float | None = None) -> None:
+                data = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                if started is not None:  # the W3C Server-Timing header: this server's own share
+                    self.send_header("Server-Timing", f"predict;dur={(time.perf_counter() - started) * 1e3:.3f}")
                 self.end_headers()
                 self.wfile.write(data)
 
@@ -370,11 +376,13 @@ class StandInServer:
                         self._send(200, server.metadata(name, version))
                     elif method == "POST" and rest == ":predict":
                         length = int(self.headers.get("Content-Length", 0))
+                        data = self.rfile.read(length) or b"{}"
+                        started = time.perf_counter()  # after receiving: parse, run, write JSON
                         try:
-                            body = json.loads(self.rfile.read(length) or b"{}")
-                        except ValueError as exc:
+                            body = orjson.loads(data)
+                        except orjson.JSONDecodeError as exc:
                             raise RequestError("INVALID_ARGUMENT", f"JSON Parse error: {exc}") from None
-                        self._send(200, server.predict(name, version, body))
+                        self._send(200, server.predict(name, version, body), started)
                     else:
                         raise RequestError("NOT_FOUND", "Malformed request: " + method + " " + self.path)
                 except RequestError as exc:
@@ -423,14 +431,23 @@ class _ClosingHTTPServer(ThreadingHTTPServer):
             self._open.clear()
 
 
+def _tensor(value, spec: tf.TensorSpec) -> tf.Tensor:
+    """A request's JSON value as the input's tensor (numbers through numpy, which reads
+    nested lists several times faster than ``tf.constant``)."""
+    if spec.dtype == tf.string:
+        return tf.constant(value, dtype=tf.string)
+    return tf.constant(np.asarray(value, dtype=spec.dtype.as_numpy_dtype))
+
+
 def _to_json(value: np.ndarray):
     """Tensor value -> JSON value (strings decoded as UTF-8, as TF Serving does for
-    outputs whose name does not end in ``_bytes``)."""
+    outputs whose name does not end in ``_bytes``; numbers stay arrays, which orjson
+    writes directly)."""
     if value.dtype.kind in ("S", "O"):
         if value.ndim == 0:
             return value.item().decode("utf-8")
         return [_to_json(np.asarray(v, dtype=object)) for v in value]
-    return value.tolist()
+    return np.ascontiguousarray(value)
 
 
 def main(argv: list[str] | None = None) -> None:
