@@ -1,4 +1,4 @@
-"""The ``asd`` command: train, evaluate, score, benchmark and load-test.
+"""The ``asd`` command: train, evaluate, score, benchmark, load-test and bench (speed).
 
 Bad input ends with a one-line ``asd: error: ...`` message and exit code 2, never a
 traceback.
@@ -176,6 +176,32 @@ def cmd_loadtest(args) -> int:
     return EXIT_LOAD_TEST_FAILED
 
 
+def cmd_bench(args) -> int:
+    from .speed import DEFAULT_TRAIN_CONFIG, BenchSettings, run_bench
+
+    if not Path(args.data, "train").is_dir() or not Path(args.data, "test").is_dir():
+        raise FileNotFoundError(f"{args.data}: needs train/ and test/ folders (a machine-type folder such as dev_data/ToyCar)")
+    if not str(args.out).endswith(".md"):
+        raise ValueError(f"--out {args.out}: name the Markdown report, e.g. benchmarks/speed/report.md (the JSON goes next to it)")
+    quick = {"repeats": 2, "requests": 10, "epochs": 2} if args.quick else {}
+    settings = BenchSettings(
+        data=Path(args.data), out=Path(args.out), models=Path(args.model), name=args.name,
+        repeats=args.repeats or quick.get("repeats", 5), requests=args.requests or quick.get("requests", 200),
+        max_clips=args.max_clips, train_config=Path(args.config or DEFAULT_TRAIN_CONFIG),
+        epochs=args.epochs or quick.get("epochs"), max_train_clips=args.max_train_clips, quick=args.quick,
+    )
+    for name in ("repeats", "requests"):
+        if getattr(settings, name) < 1:
+            raise ValueError(f"--{name} must be at least 1")
+    report = run_bench(settings)
+    print(Path(args.out).read_text(), end="")
+    print(f"report: {args.out}, {Path(args.out).with_suffix('.json')}")
+    missed = [r["what"] for r in report["headline"] if not r["met"]]
+    if missed and not args.quick:
+        print(f"asd bench: {len(missed)} target(s) missed: " + "; ".join(missed), file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="asd", description="Unsupervised anomalous sound detection for machine condition monitoring."
@@ -228,6 +254,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30.0, help="seconds a request may take before it counts as lost (default 30)")
     p.add_argument("--out", required=True, metavar="DIR", help="where load_test.md and load_test.json go")
     p.set_defaults(func=cmd_loadtest)
+
+    p = sub.add_parser("bench", help="speed and memory against the targets: scoring, serving, training, the app; "
+                       "writes a Markdown and JSON report")
+    p.add_argument("--data", required=True, help="machine-type folder with train/ and labelled test/ (e.g. dev_data/ToyCar)")
+    p.add_argument("--out", required=True, metavar="FILE", help="the Markdown report (e.g. benchmarks/speed/report.md); "
+                   "the JSON goes next to it")
+    p.add_argument("--model", default="production/models", metavar="DIR",
+                   help="models directory in TF Serving's layout (default production/models)")
+    p.add_argument("--name", default="toycar", help="model name in it (default toycar); every version is measured")
+    p.add_argument("--repeats", type=int, help="repeated runs of each throughput figure (default 5; quick 2)")
+    p.add_argument("--requests", type=int, help="requests per serving figure (default 200; quick 10)")
+    p.add_argument("--max-clips", type=int, help="score only the first N test clips")
+    p.add_argument("--config", help="training config measured (default development/configs/toycar_conv_ae.yaml)")
+    p.add_argument("--epochs", type=int, help="override its epochs (default: the config's; quick 2)")
+    p.add_argument("--max-train-clips", type=int, help="train on N clips only")
+    p.add_argument("--quick", action="store_true",
+                   help="reduced mode for CI: small numbers; reports the targets but never judges them")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

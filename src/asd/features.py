@@ -8,7 +8,10 @@ features cannot differ. The defaults are the DCASE 2020-2024 Task 2 baselines' s
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -262,3 +265,26 @@ def fit_waveform(samples: np.ndarray, n_samples: int, sample_rate: int) -> tuple
     if len(samples) > n_samples:
         return waveform, f"the model scores the first {seconds:g} s; the rest of the clip was not used"
     return waveform, f"the clip is {len(samples) / sample_rate:.2f} s long; zero-padded to the model's {seconds:g} s"
+
+
+@contextlib.contextmanager
+def feature_threads(workers: int = 2) -> Iterator[ThreadPoolExecutor]:
+    """Threads for decoding clips and computing their log-mel in parallel.
+
+    libsndfile, numpy's FFT and BLAS release the GIL, so on 2 cores two clips go at once.
+    BLAS is held to one thread meanwhile: OpenBLAS's own threads on top of these (in the
+    mel filter bank's product) oversubscribe the cores (scoring the ToyCar test set:
+    122 -> 142 clips/s).
+
+    Yields
+    ------
+    concurrent.futures.ThreadPoolExecutor
+        With ``max(1, workers)`` threads.
+    """
+    from threadpoolctl import threadpool_limits
+
+    with (
+        threadpool_limits(limits=1, user_api="blas"),
+        ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="asd-features") as pool,
+    ):
+        yield pool

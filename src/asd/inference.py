@@ -10,16 +10,21 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from .audio import AudioClip, AudioError, load_audio
-from .features import ClipTooShortError, FeatureConfig, clip_patches, fit_waveform, patches_to_frames
+from .features import (
+    ClipTooShortError,
+    FeatureConfig,
+    clip_patches,
+    feature_threads,
+    fit_waveform,
+    patches_to_frames,
+)
 from .metadata import WAVEFORM_INPUT_NAME, ModelMetadata
 from .scoring import clip_score, verdict
 
@@ -295,12 +300,7 @@ class Detector:
 
         batch_size = max(1, batch_size)
         paths = iter(paths)
-        # The threads run clips in parallel; OpenBLAS's own threads on top of them (in
-        # the mel filter bank's matrix product) oversubscribe 2 cores: 122 -> 142 clips/s.
-        with (
-            threadpool_limits(limits=1, user_api="blas"),
-            ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="asd-features") as pool,
-        ):
+        with feature_threads(workers) as pool:
             pending = deque((p, pool.submit(prepare_file, p)) for p in itertools.islice(paths, 2 * batch_size))
             while pending:
                 # the next clip (waiting for it), then those behind it already prepared

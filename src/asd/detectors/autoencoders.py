@@ -47,6 +47,8 @@ def fit_keras(model: keras.Model, x, x_val, training, seed: int, run_dir=None, l
     if run_dir is not None:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir), update_freq="epoch"))
     callbacks += extra  # after EarlyStopping: their on_train_end sees the restored best weights
+    timer = EpochTimer()
+    callbacks.append(timer)
     dataset = (
         tf.data.Dataset.from_tensor_slices((x, x))
         .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
@@ -66,8 +68,26 @@ def fit_keras(model: keras.Model, x, x_val, training, seed: int, run_dir=None, l
         "best_loss": float(history["loss"][best]),
         "best_val_loss": float(history["val_loss"][best]) if "val_loss" in history else None,
         "seconds_per_epoch": round((time.monotonic() - started) / len(history["loss"]), 2),
+        "epoch_seconds": [round(t, 3) for t in timer.seconds],
         "parameters": int(model.count_params()),
     }
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Wall time of each epoch in seconds (training and validation, and the callbacks
+    before it, such as the per-epoch evaluation), for the training report and
+    ``asd bench``."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds: list[float] = []
+        self._started = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._started)
 
 
 def per_mel_standardisation(clips: ClipSet) -> tuple[np.ndarray, np.ndarray]:

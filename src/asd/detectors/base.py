@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..audio import load_audio
 from ..data import ClipInfo
-from ..features import FeatureConfig, clip_patches, to_patches
+from ..features import FeatureConfig, clip_patches, feature_threads, to_patches
 from ..metadata import INPUT_NAME
 from ..scoring import clip_score
 
@@ -88,7 +88,11 @@ def load_clipset(clips: list[ClipInfo], features: FeatureConfig) -> ClipSet:
     ------
     asd.audio.AudioError, asd.features.ClipTooShortError
     """
-    logmels = [clip_patches(load_audio(c.path, features.sample_rate).samples, features)[0] for c in clips]
+    def logmel(clip: ClipInfo) -> np.ndarray:
+        return clip_patches(load_audio(clip.path, features.sample_rate).samples, features)[0]
+
+    with feature_threads() as pool:  # two clips at once: 409 ToyCar clips in ~1.5 s instead of ~3 s
+        logmels = list(pool.map(logmel, clips))
     return ClipSet(list(clips), logmels, features)
 
 

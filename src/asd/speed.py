@@ -1,0 +1,891 @@
+"""``asd bench``: how fast the product is, measured on real clips, against its targets.
+
+What is measured (every figure as the median and range of repeated runs):
+
+- **Scoring in-process**, per model version: ``asd score`` over the test clips, warm
+  (in this process, after a warm-up pass) and cold (a fresh ``asd score`` process: Python
+  start, TensorFlow import, model load and librosa's first calls included), its peak RSS,
+  and where a clip's time goes (decode, log-mel, model) when clips go one at a time.
+- **Serving**: one 12 s clip's request through the REST client and the gRPC client
+  against the stand-in server (:mod:`asd.serving.standin`, its own process, backed by
+  the real SavedModel): p50/p95, the client's share (encoding, decoding) apart from the
+  server's (its ``Server-Timing`` header for REST), and the payload sizes.
+- **Training**: ``asd train`` of the convolutional autoencoder (the shipped v1 recipe):
+  each epoch's seconds, the total to the exported model, peak RSS.
+- **Memory of the app**: peak RSS of the Streamlit process after it has checked a clip,
+  served in-process and through the REST stand-in (then without TensorFlow), driven by
+  Playwright in Debian's Chromium (skipped with a note where Chromium is missing).
+- **The naive way**, side by side: clips one at a time with no look-ahead or batching;
+  features recomputed every epoch; one REST request per patch; full-precision JSON with
+  the standard library.
+
+Timing assertions live nowhere else: the unit tests run this in ``--quick`` mode, which
+checks that every part still works and never fails on a missed target.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .data import list_clips
+from .layout import resolve_version_dir, versions
+from .metadata import ModelMetadata
+from .provenance import git, package_version
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_TRAIN_CONFIG = "development/configs/toycar_conv_ae.yaml"
+# The issue's targets, on a 2-core machine, one process.
+TARGETS = {
+    "score_clips_per_s": 100.0,  # asd score, in-process, warm: at least
+    "rest_p50_ms": 20.0,  # one 12 s clip through the REST client: at most
+    "rest_p95_ms": 40.0,
+    "epoch_s": 30.0,  # one conv AE epoch over the ToyCar training clips: at most
+}
+STARTUP_S = 180  # a server's or the app's start-up (TensorFlow import, model load)
+
+
+@dataclass
+class BenchSettings:
+    """What ``asd bench`` measures on.
+
+    Attributes
+    ----------
+    data : Path
+        A machine-type folder with ``train/`` and ``test/`` (e.g. dev_data/ToyCar).
+    out : Path
+        The Markdown report; the JSON goes next to it (same name, ``.json``).
+    models : Path
+        Models directory in TF Serving's layout (the shipped ``production/models``).
+    name : str
+        Model name in it.
+    repeats : int
+        Repeated runs of each throughput figure (cold runs: ``max(1, repeats // 2)``).
+    requests : int
+        Requests per serving figure.
+    max_clips : int or None
+        Score only the first N test clips.
+    train_config : Path
+        ``asd train`` config of the measured training (the shipped v1 recipe).
+    epochs : int or None
+        Override the config's epochs.
+    max_train_clips : int or None
+        Train on the first N training clips only.
+    quick : bool
+        Reduced mode (CI): small numbers, naive training on one epoch.
+    """
+
+    data: Path
+    out: Path
+    models: Path = REPO / "production" / "models"
+    name: str = "toycar"
+    repeats: int = 5
+    requests: int = 200
+    max_clips: int | None = None
+    train_config: Path = REPO / DEFAULT_TRAIN_CONFIG
+    epochs: int | None = None
+    max_train_clips: int | None = None
+    quick: bool = False
+
+
+def spread(values: list[float], digits: int = 2) -> dict:
+    """``{"median", "min", "max", "n", "values"}`` of repeated measurements."""
+    values = [float(v) for v in values]
+    return {
+        "median": round(statistics.median(values), digits),
+        "min": round(min(values), digits),
+        "max": round(max(values), digits),
+        "n": len(values),
+        "values": [round(v, digits + 2) for v in values],
+    }
+
+
+def percentiles_ms(seconds: list[float]) -> dict:
+    """p50/p95/max in milliseconds of request times given in seconds."""
+    ms = np.asarray(seconds) * 1e3
+    return {
+        "p50": round(float(np.percentile(ms, 50)), 2),
+        "p95": round(float(np.percentile(ms, 95)), 2),
+        "max": round(float(ms.max()), 2),
+        "n": len(ms),
+    }
+
+
+def _mb(n_bytes: int) -> float:
+    return round(n_bytes / 1e6, 3)
+
+
+def _env() -> dict:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO / "src")}
+    for key in ("ASD_MODEL_DIR", "ASD_MODEL_NAME", "ASD_MODEL_VERSION", "ASD_SERVING_URL", "ASD_MODELS_CONFIG"):
+        env.pop(key, None)
+    return env
+
+
+def run_measured(args: list[str], env: dict | None = None, cwd: Path = REPO) -> dict:
+    """Run a command to its end: wall seconds, exit code, peak RSS (MB), output.
+
+    The peak RSS is the child's own (``os.wait4``'s ``ru_maxrss``), not this process's.
+    """
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        process = subprocess.Popen(args, cwd=cwd, env=env or _env(), stdout=out, stderr=err)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return {
+            "seconds": wall,
+            "returncode": process.returncode,
+            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # Linux: KiB
+            "stdout": out.read().decode(errors="replace"),
+            "stderr": err.read().decode(errors="replace"),
+        }
+
+
+# -- scoring -------------------------------------------------------------------------
+
+
+def _detector(models: Path, name: str, version: int):
+    from .inference import Detector
+    from .serving.inprocess import InProcessBackend
+
+    return Detector(InProcessBackend(models, name=name, version=version))
+
+
+def measure_scoring(settings: BenchSettings, version: int, clips: list[Path], log=print) -> dict:
+    """``asd score``'s work over ``clips`` with one model version, in-process.
+
+    Returns
+    -------
+    dict
+        ``warm_clips_per_s`` (the pipelined ``Detector.score_files``, as ``asd score``
+        runs it, after a warm-up pass), ``sequential_clips_per_s`` (the naive way: one
+        clip at a time, no look-ahead, one request a clip), ``stage_ms`` (median per clip
+        of decode, log-mel and the model request in that sequential run), ``cold`` (fresh
+        ``asd score`` processes: clips/s with start-up, start-up seconds, peak RSS).
+    """
+    from .audio import load_audio
+
+    detector = _detector(settings.models, settings.name, version)
+    sample_rate = detector.features.sample_rate
+    list(detector.score_files(clips[: min(len(clips), 16)]))  # warm-up: graph traces, first calls, caches
+
+    warm = []
+    for _ in range(settings.repeats):
+        started = time.perf_counter()
+        n_scored = sum(1 for _, outcome in detector.score_files(clips) if not isinstance(outcome, Exception))
+        warm.append(n_scored / (time.perf_counter() - started))
+    log(f"  v{version} warm: {statistics.median(warm):.1f} clips/s")
+
+    stages = {"decode": [], "logmel": [], "model": [], "total": []}
+    sequential = []
+    for _ in range(max(1, settings.repeats // 2)):
+        started = time.perf_counter()
+        for path in clips:
+            t0 = time.perf_counter()
+            clip = load_audio(path, sample_rate, name=str(path))
+            t1 = time.perf_counter()
+            prepared = detector.prepare(clip)
+            t2 = time.perf_counter()
+            detector.score_features(prepared)
+            t3 = time.perf_counter()
+            for key, value in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t3 - t0)):
+                stages[key].append(value)
+        sequential.append(len(clips) / (time.perf_counter() - started))
+    stage_ms = {key: round(statistics.median(values) * 1e3, 2) for key, values in stages.items()}
+    log(f"  v{version} one clip at a time: {statistics.median(sequential):.1f} clips/s; per clip {stage_ms} ms")
+
+    cold_runs = []
+    for _ in range(max(1, settings.repeats // 2)):
+        run = run_measured([
+            sys.executable, "-m", "asd.cli", "score", *map(str, clips), "--model", str(settings.models),
+            "--name", settings.name, "--model-version", str(version),
+        ])
+        if run["returncode"] != 0:
+            raise RuntimeError(f"asd score failed ({run['returncode']}): {run['stderr'][-2000:]}")
+        n_lines = len(run["stdout"].splitlines())
+        if n_lines != len(clips):
+            raise RuntimeError(f"asd score printed {n_lines} lines for {len(clips)} clips")
+        cold_runs.append(run)
+    cold_rates = [len(clips) / r["seconds"] for r in cold_runs]
+    warm_seconds = len(clips) / statistics.median(warm)
+    log(f"  v{version} cold (new process): {statistics.median(cold_rates):.1f} clips/s")
+    return {
+        "version": version,
+        "detector": detector.metadata.detector,
+        "model_input": detector.metadata.input,
+        "n_clips": len(clips),
+        "warm_clips_per_s": spread(warm, 1),
+        "warm_ms_per_clip": round(1e3 / statistics.median(warm), 2),
+        "sequential_clips_per_s": spread(sequential, 1),
+        "stage_ms": stage_ms,
+        "cold": {
+            "clips_per_s": spread(cold_rates, 1),
+            "seconds": spread([r["seconds"] for r in cold_runs], 2),
+            "startup_s": round(statistics.median([r["seconds"] for r in cold_runs]) - warm_seconds, 2),
+            "peak_rss_mb": spread([r["peak_rss_mb"] for r in cold_runs], 1),
+        },
+    }
+
+
+# -- serving -------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_process(args: list[str], env: dict, log_path: Path, health_url: str) -> subprocess.Popen:
+    """Start a server process and wait until ``health_url`` answers 200.
+
+    Raises
+    ------
+    RuntimeError
+        If it dies or does not answer within :data:`STARTUP_S` (with its log's tail).
+    """
+    process = subprocess.Popen(args, cwd=REPO, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + STARTUP_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{args[:3]} died at start-up:\n{log_path.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(health_url, timeout=2) as response:
+                if response.status == 200:
+                    return process
+        except OSError:
+            time.sleep(0.3)
+    process.kill()
+    raise RuntimeError(f"{health_url} not up after {STARTUP_S} s:\n{log_path.read_text()[-3000:]}")
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _clip_input(backend, clip_path: Path):
+    from .audio import load_audio
+    from .features import FeatureConfig
+    from .inference import model_input
+
+    features = FeatureConfig()
+    _, inputs, _ = model_input(load_audio(clip_path, features.sample_rate).samples, backend.metadata, features)
+    return inputs
+
+
+def measure_rest(url: str, name: str, version: int, clip_path: Path, n_requests: int, log=print) -> dict:
+    """One clip's request through :class:`asd.serving.rest.RestBackend`, and its parts.
+
+    Returns
+    -------
+    dict
+        ``request_ms`` (``backend.predict``: encode, POST, server, decode), ``end_to_end_ms``
+        (file to verdict: decode, log-mel and the request), ``client_encode_ms``,
+        ``client_decode_ms``, ``server_ms`` (the stand-in's ``Server-Timing``: parse the
+        JSON, run the model, write the JSON), ``transport_ms`` (the rest: HTTP on
+        loopback), payload sizes, and the naive ways (``naive_full_precision``: the
+        standard library's JSON of float64 lists; ``naive_per_patch``: one request a patch).
+    """
+    import orjson
+
+    from .inference import Detector
+    from .serving.rest import RestBackend, decode_predict_response, encode_predict_request
+
+    backend = RestBackend(url, name, version=version, timeout_s=60)
+    inputs = _clip_input(backend, clip_path)
+    for _ in range(5):
+        backend.predict(inputs)
+    request = []
+    for _ in range(n_requests):
+        started = time.perf_counter()
+        backend.predict(inputs)
+        request.append(time.perf_counter() - started)
+
+    encode, decode, server, total = [], [], [], []
+    for _ in range(max(5, n_requests // 2)):
+        t0 = time.perf_counter()
+        body = encode_predict_request(inputs, backend.metadata.input)
+        t1 = time.perf_counter()
+        response = backend._session.post(f"{backend.model_url}:predict", data=body, timeout=60)
+        t2 = time.perf_counter()
+        decode_predict_response(orjson.loads(response.content)["outputs"], len(inputs))
+        t3 = time.perf_counter()
+        encode.append(t1 - t0)
+        decode.append(t3 - t2)
+        server.append(float(response.headers["Server-Timing"].split("dur=")[1]) / 1e3)
+        total.append(t3 - t0)
+    request_bytes, response_bytes = len(body), len(response.content)
+
+    detector = Detector(backend)
+    end_to_end = []
+    for _ in range(max(5, n_requests // 4)):
+        started = time.perf_counter()
+        detector.score_file(clip_path)
+        end_to_end.append(time.perf_counter() - started)
+
+    # the naive way: the standard library's JSON, every float at full (float64) precision
+    naive_body = json.dumps({"signature_name": "serving_default",
+                             "inputs": {backend.metadata.input: np.asarray(inputs, np.float64).tolist()}}).encode()
+    naive = []
+    for _ in range(max(3, n_requests // 10)):
+        started = time.perf_counter()
+        body = json.dumps({"signature_name": "serving_default",
+                           "inputs": {backend.metadata.input: np.asarray(inputs, np.float64).tolist()}}).encode()
+        answer = backend._session.post(f"{backend.model_url}:predict", data=body, timeout=60)
+        outputs = json.loads(answer.content)["outputs"]
+        decode_predict_response({k: np.asarray(v) for k, v in outputs.items()}, len(inputs))
+        naive.append(time.perf_counter() - started)
+
+    per_patch = None
+    if len(inputs) > 1:  # log-mel patches: one request per patch, as a naive client would
+        per_patch_times = []
+        for _ in range(max(2, n_requests // 40)):
+            started = time.perf_counter()
+            for row in range(len(inputs)):
+                backend.predict(inputs[row : row + 1])
+            per_patch_times.append(time.perf_counter() - started)
+        per_patch = {"requests_per_clip": len(inputs), "clip_ms": percentiles_ms(per_patch_times)}
+
+    result = {
+        "version": version,
+        "input": backend.metadata.input,
+        "input_shape": list(inputs.shape),
+        "request_ms": percentiles_ms(request),
+        "end_to_end_ms": percentiles_ms(end_to_end),
+        "client_encode_ms": percentiles_ms(encode),
+        "client_decode_ms": percentiles_ms(decode),
+        "server_ms": percentiles_ms(server),
+        "transport_ms": round(statistics.median(total) * 1e3 - sum(
+            statistics.median(v) * 1e3 for v in (encode, decode, server)), 2),
+        "request_mb": _mb(request_bytes),
+        "response_mb": _mb(response_bytes),
+        "naive_full_precision": {"request_ms": percentiles_ms(naive), "request_mb": _mb(len(naive_body))},
+        "naive_per_patch": per_patch,
+    }
+    log(f"  REST v{version}: p50 {result['request_ms']['p50']} ms, p95 {result['request_ms']['p95']} ms, "
+        f"{result['request_mb']} MB; client {result['client_encode_ms']['p50']} + {result['client_decode_ms']['p50']} ms, "
+        f"server {result['server_ms']['p50']} ms")
+    return result
+
+
+def measure_grpc(target: str, name: str, version: int, clip_path: Path, n_requests: int, log=print) -> dict:
+    """One clip's request through :class:`asd.serving.grpc.GrpcBackend` (tensor bytes).
+
+    Returns
+    -------
+    dict
+        ``request_ms``, ``client_encode_ms`` (the PredictRequest with
+        ``make_tensor_proto``), ``client_decode_ms`` (``make_ndarray`` of the outputs),
+        ``request_mb``/``response_mb`` (serialized protos).
+    """
+    from .metadata import SERVING_SIGNATURE
+    from .serving.grpc import GrpcBackend
+
+    backend = GrpcBackend(target, name, version=version, timeout_s=60)
+    try:
+        api = backend._api
+        inputs = np.ascontiguousarray(_clip_input(backend, clip_path), dtype=np.float32)
+        for _ in range(5):
+            backend.predict(inputs)
+        request_times = []
+        for _ in range(n_requests):
+            started = time.perf_counter()
+            backend.predict(inputs)
+            request_times.append(time.perf_counter() - started)
+        encode, decode = [], []
+        for _ in range(max(5, n_requests // 2)):
+            t0 = time.perf_counter()
+            request = api.predict_pb2.PredictRequest()
+            backend._model_spec(request.model_spec, SERVING_SIGNATURE)
+            request.inputs[backend.metadata.input].CopyFrom(api.tf.make_tensor_proto(inputs))
+            t1 = time.perf_counter()
+            response = backend._call(backend._predictions.Predict, request)
+            t2 = time.perf_counter()
+            {key: api.tf.make_ndarray(value) for key, value in response.outputs.items()}
+            t3 = time.perf_counter()
+            encode.append(t1 - t0)
+            decode.append(t3 - t2)
+        result = {
+            "version": version,
+            "request_ms": percentiles_ms(request_times),
+            "client_encode_ms": percentiles_ms(encode),
+            "client_decode_ms": percentiles_ms(decode),
+            "request_mb": _mb(request.ByteSize()),
+            "response_mb": _mb(response.ByteSize()),
+        }
+    finally:
+        backend.close()
+    log(f"  gRPC v{version}: p50 {result['request_ms']['p50']} ms, p95 {result['request_ms']['p95']} ms, "
+        f"{result['request_mb']} MB")
+    return result
+
+
+# -- the app's memory ----------------------------------------------------------------
+
+
+def _proc_status_mb(pid: int, field: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return round(int(line.split()[1]) / 1024, 1)  # kB
+    raise RuntimeError(f"/proc/{pid}/status has no {field}")
+
+
+def measure_app(env_extra: dict, clip_path: Path, log_dir: Path, label: str, log=print) -> dict:
+    """Peak RSS of the Streamlit app's process after it has checked one clip.
+
+    Starts ``streamlit run production/app/streamlit_app.py`` with ``env_extra`` (the
+    backend's variables), uploads ``clip_path`` in headless Chromium (Playwright, Debian's
+    ``chromium``) and waits for the verdict; then reads the process's ``VmHWM`` and whether
+    TensorFlow's library is mapped into it.
+
+    Returns
+    -------
+    dict
+        ``peak_rss_mb``, ``rss_mb`` (after the check), ``tensorflow_loaded`` (bool),
+        ``verdict_s`` (upload to verdict, seconds); or ``{"skipped": reason}`` without
+        Chromium or Playwright.
+    """
+    import re
+
+    chromium = shutil.which("chromium")
+    if not chromium:
+        return {"skipped": "Debian's chromium is not installed (apt-get install -y chromium)"}
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return {"skipped": "playwright is not installed (the test extra)"}
+    port = free_port()
+    app = start_process(
+        [str(Path(sys.executable).parent / "streamlit"), "run", "production/app/streamlit_app.py",
+         "--server.headless", "true", "--server.address", "127.0.0.1", "--server.port", str(port),
+         "--browser.gatherUsageStats", "false"],
+        {**_env(), **env_extra}, log_dir / f"app_{label}.log", f"http://127.0.0.1:{port}/_stcore/health",
+    )
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=chromium, args=["--disable-gpu", "--no-first-run", "--disable-background-networking"]
+            )
+            page = browser.new_page()
+            page.set_default_timeout(STARTUP_S * 1000)
+            page.goto(f"http://127.0.0.1:{port}")
+            uploader = page.locator('[data-testid="stFileUploader"] input[type="file"]')
+            uploader.wait_for(state="attached")
+            started = time.perf_counter()
+            uploader.set_input_files(str(clip_path))
+            page.get_by_text(re.compile(r"sounds (normal|anomalous)")).first.wait_for()
+            verdict_s = time.perf_counter() - started
+            browser.close()
+        maps = Path(f"/proc/{app.pid}/maps").read_text()
+        result = {
+            "peak_rss_mb": _proc_status_mb(app.pid, "VmHWM"),
+            "rss_mb": _proc_status_mb(app.pid, "VmRSS"),
+            "tensorflow_loaded": "libtensorflow" in maps or "_pywrap_tensorflow" in maps,
+            "verdict_s": round(verdict_s, 2),
+        }
+    finally:
+        stop_process(app)
+    log(f"  app ({label}): peak RSS {result['peak_rss_mb']} MB, TensorFlow loaded: {result['tensorflow_loaded']}")
+    return result
+
+
+# -- training ------------------------------------------------------------------------
+
+
+def _train_overrides(settings: BenchSettings, workdir: Path) -> list[str]:
+    overrides = [f"data_dir={settings.data}", f"models_dir={workdir / 'models'}", f"runs_dir={workdir / 'runs'}",
+                 "version=1"]
+    if settings.epochs:
+        overrides.append(f"training.epochs={settings.epochs}")
+    if settings.max_train_clips:
+        overrides.append(f"training.max_train_clips={settings.max_train_clips}")
+    return overrides
+
+
+def measure_training(settings: BenchSettings, workdir: Path, log=print) -> dict:
+    """``asd train`` with the measured config, in its own process, to the exported model.
+
+    Returns
+    -------
+    dict
+        ``epoch_s`` (spread of every epoch after the first: training, validation and the
+        per-epoch evaluation callbacks), ``first_epoch_s`` (with graph tracing),
+        ``total_s`` (process start to exported model, evaluation included),
+        ``peak_rss_mb``, ``epochs_run``, ``n_train_clips``, ``patches``.
+    """
+    overrides = _train_overrides(settings, workdir)
+    run = run_measured([sys.executable, "-m", "asd.cli", "train", "--config", str(settings.train_config),
+                        *(arg for o in overrides for arg in ("--set", o))])
+    if run["returncode"] != 0:
+        raise RuntimeError(f"asd train failed ({run['returncode']}): {run['stderr'][-2000:]}")
+    metadata = ModelMetadata.read(resolve_version_dir(workdir / "models", version=1))
+    training = metadata.training
+    epochs = training["epoch_seconds"]
+    later = epochs[1:] or epochs
+    result = {
+        "config": str(Path(settings.train_config).relative_to(REPO)) if Path(settings.train_config).is_relative_to(REPO)
+        else str(settings.train_config),
+        "detector": metadata.detector,
+        "epochs_run": training["epochs_run"],
+        "n_train_clips": training["n_train_clips"] + training.get("n_validation_clips", 0),
+        "n_validation_clips": training.get("n_validation_clips", 0),
+        "batch_size": training["config"]["training"]["batch_size"],
+        "first_epoch_s": round(epochs[0], 2),
+        "epoch_s": spread(later, 2),
+        "total_s": round(run["seconds"], 1),
+        "train_function_s": training["duration_s"],
+        "peak_rss_mb": run["peak_rss_mb"],
+    }
+    log(f"  training: epoch {result['epoch_s']['median']} s (first {result['first_epoch_s']} s), "
+        f"{result['epochs_run']} epochs, total {result['total_s']} s, peak RSS {result['peak_rss_mb']} MB")
+    return result
+
+
+def measure_feature_caching(settings: BenchSettings, epochs: int, log=print) -> dict:
+    """One epoch of the conv autoencoder two ways, in this process: on log-mel patches
+    computed once and cached (as ``asd train`` does), and recomputing them from the
+    audio files every epoch (the naive tf.data pipeline).
+
+    Returns
+    -------
+    dict
+        ``cached_epoch_s`` and ``recomputed_epoch_s`` (spreads over ``epochs`` epochs),
+        ``features_once_s`` (decode + log-mel of every training clip, once).
+    """
+    import keras
+    import tensorflow as tf
+
+    from .audio import load_audio
+    from .config import load_train_config
+    from .detectors.autoencoders import EpochTimer, per_mel_standardisation
+    from .detectors.base import load_clipset
+    from .features import clip_patches
+    from .model import build_conv_autoencoder
+
+    config = load_train_config(settings.train_config, _train_overrides(settings, Path(tempfile.gettempdir())))
+    features = config.feature_config()
+    clips = [c for c in list_clips(settings.data, split="train") if c.label != "anomaly"]
+    if settings.max_train_clips:
+        clips = clips[: settings.max_train_clips]
+    started = time.perf_counter()
+    clipset = load_clipset(clips, features)
+    features_once_s = time.perf_counter() - started
+    mean, std = per_mel_standardisation(clipset)
+    patches, _ = clipset.patches()
+    cached = ((patches - mean[None, :, None]) / std[None, :, None])[..., None].astype(np.float32)
+
+    def standardised_patches(path) -> np.ndarray:
+        samples = load_audio(path.decode(), features.sample_rate).samples
+        return ((clip_patches(samples, features)[1] - mean[None, :, None]) / std[None, :, None])[..., None].astype(
+            np.float32
+        )
+
+    patch_shape = [features.n_mels, features.patch_frames, 1]
+    batch = config.training.batch_size
+    steps = -(-len(cached) // batch)  # both pipelines repeat; an epoch is this many batches
+    datasets = {
+        "cached": tf.data.Dataset.from_tensor_slices((cached, cached))
+        .shuffle(len(cached), seed=0).repeat().batch(batch).prefetch(tf.data.AUTOTUNE),
+        "recomputed": tf.data.Dataset.from_tensor_slices([str(c.path) for c in clips])
+        .map(lambda p: tf.ensure_shape(tf.numpy_function(standardised_patches, [p], tf.float32), [None, *patch_shape]))
+        .repeat().unbatch().map(lambda x: (x, x)).shuffle(4096, seed=0).batch(batch).prefetch(tf.data.AUTOTUNE),
+    }
+    result = {"n_clips": len(clips), "n_patches": int(len(cached)), "features_once_s": round(features_once_s, 2)}
+    for name, dataset in datasets.items():
+        keras.utils.set_random_seed(config.seed)
+        model = build_conv_autoencoder(features.n_mels, features.patch_frames, **config.model)
+        model.compile(optimizer=keras.optimizers.Adam(config.training.learning_rate), loss="mse")
+        timer = EpochTimer()
+        # the first epoch traces the graph: left out
+        model.fit(dataset, epochs=epochs + 1, steps_per_epoch=steps, callbacks=[timer], verbose=0, shuffle=False)
+        result[f"{name}_epoch_s"] = spread(timer.seconds[1:], 2)
+        log(f"  epoch with features {name}: {result[f'{name}_epoch_s']['median']} s")
+    return result
+
+
+# -- the whole benchmark -------------------------------------------------------------
+
+
+def machine() -> dict:
+    """CPU model, cores, memory and OS of this machine."""
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    memory_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                     if line.startswith("MemTotal"))
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(memory_kb / 1024**2, 1),
+            "os": platform.platform(), "python": platform.python_version()}
+
+
+PACKAGES = ("numpy", "scipy", "librosa", "soundfile", "tensorflow-cpu", "keras", "orjson", "requests", "grpcio",
+            "streamlit", "playwright")
+
+
+def run_bench(settings: BenchSettings, log=print) -> dict:
+    """Measure everything (see the module's docstring), write the Markdown report to
+    ``settings.out`` and the JSON next to it; return the report.
+
+    Raises
+    ------
+    FileNotFoundError
+        No test clips under ``settings.data`` or no model versions under ``settings.models``.
+    RuntimeError
+        A measured command failed (its error output included).
+    """
+    started = time.perf_counter()
+    clips = [c.path for c in list_clips(settings.data, split="test")]
+    if settings.max_clips:
+        clips = clips[: settings.max_clips]
+    if not clips:
+        raise FileNotFoundError(f"{settings.data}: no test clips (needs test/ with WAV or FLAC files)")
+    model_versions = versions(settings.models / settings.name)
+    if not model_versions:
+        raise FileNotFoundError(f"{settings.models / settings.name}: no model versions")
+    serving_clip = clips[0]
+    report = {
+        "command": "asd bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "asd bench",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "git_commit": git("rev-parse", "--short", "HEAD"),
+        "machine": machine(),
+        "versions": {p: package_version(p) for p in PACKAGES},
+        "settings": {"data": str(settings.data), "models": str(settings.models), "name": settings.name,
+                     "repeats": settings.repeats, "requests": settings.requests, "n_test_clips": len(clips),
+                     "serving_clip": Path(serving_clip).name, "quick": settings.quick},
+        "targets": TARGETS,
+    }
+
+    log(f"scoring {len(clips)} clips in-process, versions {model_versions} ...")
+    report["scoring"] = [measure_scoring(settings, v, clips, log) for v in model_versions]
+
+    with tempfile.TemporaryDirectory(prefix="asd-bench-") as tmp:
+        workdir = Path(tmp)
+        rest_port, grpc_port = free_port(), free_port()
+        log("serving: the stand-in (REST and gRPC) in its own process ...")
+        server = start_process(
+            [sys.executable, "-m", "asd.serving.standin", "--models", str(settings.models), "--port", str(rest_port),
+             "--grpc-port", str(grpc_port)],
+            _env(), workdir / "standin.log", f"http://127.0.0.1:{rest_port}/v1/models/{settings.name}",
+        )
+        url = f"http://127.0.0.1:{rest_port}"
+        try:
+            report["rest"] = [measure_rest(url, settings.name, v, serving_clip, settings.requests, log)
+                              for v in model_versions]
+            try:
+                report["grpc"] = [measure_grpc(f"127.0.0.1:{grpc_port}", settings.name, v, serving_clip,
+                                               settings.requests, log) for v in model_versions]
+            except Exception as exc:  # no grpcio / tensorflow-serving-api here: say so, measure the rest
+                from .serving import ServingError
+
+                if not isinstance(exc, ServingError):
+                    raise
+                report["grpc"] = {"skipped": str(exc)}
+            log("the app's memory (Streamlit, driven in Chromium) ...")
+            report["app"] = {
+                "rest": measure_app({"ASD_SERVING_URL": url, "ASD_MODEL_NAME": settings.name}, serving_clip,
+                                    workdir, "rest", log),
+            }
+        finally:
+            stop_process(server)
+        report["app"]["in_process"] = measure_app({"ASD_MODEL_DIR": str(settings.models)}, serving_clip, workdir,
+                                                  "in_process", log)
+
+        log("training (asd train, its own process) ...")
+        report["training"] = measure_training(settings, workdir, log)
+    log("training epochs with cached vs recomputed features ...")
+    report["feature_caching"] = measure_feature_caching(settings, 1 if settings.quick else 2, log)
+    report["headline"] = headline(report)
+    report["bench_seconds"] = round(time.perf_counter() - started, 1)
+
+    out = Path(settings.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    out.write_text(markdown(report), encoding="utf-8")
+    return report
+
+
+def headline(report: dict) -> list[dict]:
+    """The targets against what was measured: ``{"what", "target", "measured", "met"}``."""
+    rows = []
+    for s in report["scoring"]:
+        value = s["warm_clips_per_s"]["median"]
+        rows.append({"what": f"`asd score`, in-process, warm: v{s['version']} ({s['detector']})",
+                     "target": f">= {TARGETS['score_clips_per_s']:g} clips/s", "measured": f"{value:g} clips/s",
+                     "met": value >= TARGETS["score_clips_per_s"]})
+    for r in report["rest"]:
+        p50, p95 = r["request_ms"]["p50"], r["request_ms"]["p95"]
+        rows.append({"what": f"one 12 s clip, REST client vs stand-in: v{r['version']}",
+                     "target": f"p50 <= {TARGETS['rest_p50_ms']:g} ms, p95 <= {TARGETS['rest_p95_ms']:g} ms",
+                     "measured": f"p50 {p50:g} ms, p95 {p95:g} ms",
+                     "met": p50 <= TARGETS["rest_p50_ms"] and p95 <= TARGETS["rest_p95_ms"]})
+    t = report["training"]
+    rows.append({"what": f"one training epoch, {t['detector']} ({t['n_train_clips']} clips)",
+                 "target": f"<= {TARGETS['epoch_s']:g} s", "measured": f"{t['epoch_s']['median']:g} s",
+                 "met": t["epoch_s"]["median"] <= TARGETS["epoch_s"]})
+    return rows
+
+
+def _range(s: dict, unit: str = "") -> str:
+    return f"**{s['median']:g}**{unit} ({s['min']:g}-{s['max']:g}, n={s['n']})"
+
+
+def markdown(report: dict) -> str:
+    """The report as Markdown: targets, each measurement's table, the naive way."""
+    m, v, st = report["machine"], report["versions"], report["settings"]
+    lines = [
+        "# Speed benchmark",
+        "",
+        f"`{report['command']}` on {report['date']} (commit {report['git_commit']}), {report['bench_seconds']:g} s"
+        + (" — **quick mode** (CI: small numbers, no targets judged)" if st["quick"] else "") + ".",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']:g} GB, {m['os']}, Python {m['python']}.",
+        "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val) + ".",
+        f"Data: {st['n_test_clips']} test clips of `{st['data']}`; models `{st['models']}` (`{st['name']}`); "
+        f"serving clip `{st['serving_clip']}`. Figures: median (min-max, n runs) of {st['repeats']} repeats, "
+        f"or percentiles of {st['requests']} requests.",
+        "",
+        "## Targets",
+        "",
+        "| what | target | measured | met |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {r['what']} | {r['target']} | {r['measured']} | {'yes' if r['met'] else '**no**'} |"
+              for r in report["headline"]]
+    lines += [
+        "",
+        "## Scoring: `asd score`, in-process backend",
+        "",
+        "*Warm*: `Detector.score_files` as `asd score` runs it (2 threads decode and compute log-mel ahead of the "
+        "model; up to 8 ready clips per model request), after a warm-up pass; decode, log-mel, model and verdict "
+        "included. *Cold*: a new `asd score` process over the same clips (Python start, TensorFlow import, model "
+        "load, librosa's first calls). *One at a time*: the naive loop, each clip decoded, featured and scored "
+        "before the next; its per-clip medians show where the time goes.",
+        "",
+        "| version | detector (input) | warm, clips/s | ms a clip | one at a time, clips/s | one clip: decode / log-mel / model, ms | cold incl. start-up, clips/s | start-up, s | peak RSS, MB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in report["scoring"]:
+        sm, c = s["stage_ms"], s["cold"]
+        lines.append(
+            f"| v{s['version']} | {s['detector']} ({s['model_input']}) | {_range(s['warm_clips_per_s'])} | "
+            f"{s['warm_ms_per_clip']:g} | {_range(s['sequential_clips_per_s'])} | "
+            f"{sm['decode']:g} / {sm['logmel']:g} / {sm['model']:g} (total {sm['total']:g}) | "
+            f"{_range(c['clips_per_s'])} | {c['startup_s']:g} | {c['peak_rss_mb']['median']:g} |"
+        )
+    lines += [
+        "",
+        "## One 12 s clip through a server",
+        "",
+        "The stand-in server (`python -m asd.serving.standin`, its own process, the real SavedModel behind TF "
+        "Serving's REST and gRPC APIs) answers. *Request*: the client's `predict` (encode, send, server, decode). "
+        "*Server*: the stand-in's own time from its `Server-Timing` header (parse the JSON in Python, run the model, "
+        "write the JSON; TF Serving does the JSON in C++). *Transport*: the rest (HTTP on loopback). *End to end*: "
+        "file to verdict (decode, log-mel, request).",
+        "",
+        "| REST | input | request p50 / p95, ms | end to end p50, ms | client: encode / decode p50, ms | server p50, ms | transport, ms | request / response, MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["rest"]:
+        lines.append(
+            f"| v{r['version']} | `{r['input']}` {tuple(r['input_shape'])} | **{r['request_ms']['p50']:g}** / "
+            f"{r['request_ms']['p95']:g} | {r['end_to_end_ms']['p50']:g} | {r['client_encode_ms']['p50']:g} / "
+            f"{r['client_decode_ms']['p50']:g} | {r['server_ms']['p50']:g} | {r['transport_ms']:g} | "
+            f"{r['request_mb']:g} / {r['response_mb']:g} |"
+        )
+    lines += [
+        "",
+        "What keeps the REST payload small: orjson writes the float32 arrays straight to JSON (no Python lists); "
+        "dB values go with 3 decimals (1/1000 dB) and samples with 7 (1/600 of a 16-bit step), not the 17 "
+        "significant digits of a float64; one request carries a clip's whole input (all its patches, or its "
+        "waveform), not one request per patch. What it still carries: log-mel patches overlap 4x (32 frames every "
+        "8), and an autoencoder's answer holds its reconstruction (TF Serving's REST API has no output filter).",
+        "",
+    ]
+    if isinstance(report["grpc"], dict):
+        lines += [f"gRPC: not measured ({report['grpc']['skipped']}).", ""]
+    else:
+        lines += [
+            "| gRPC | request p50 / p95, ms | client: encode / decode p50, ms | request / response, MB |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| v{g['version']} | **{g['request_ms']['p50']:g}** / {g['request_ms']['p95']:g} | "
+            f"{g['client_encode_ms']['p50']:g} / {g['client_decode_ms']['p50']:g} | {g['request_mb']:g} / "
+            f"{g['response_mb']:g} |"
+            for g in report["grpc"]
+        ]
+        lines += ["", "gRPC sends float32 tensors as their bytes (`tensor_content`): no text, no rounding.", ""]
+    t = report["training"]
+    lines += [
+        "## Training",
+        "",
+        f"`asd train --config {t['config']}` in its own process: {t['n_train_clips']} normal clips "
+        f"({t['n_validation_clips']} of them held out for early stopping), batch "
+        f"{t['batch_size']}, {t['epochs_run']} epochs. Log-mel features are computed once (2 threads) and fed "
+        "to Keras by a tf.data pipeline from the cached arrays; an epoch's time includes validation and the "
+        "per-epoch evaluation of the labelled test clips for TensorBoard.",
+        "",
+        "| epoch, s | first epoch (graph tracing), s | total to the exported model, s | peak RSS, MB |",
+        "|---|---|---|---|",
+        f"| {_range(t['epoch_s'])} | {t['first_epoch_s']:g} | {t['total_s']:g} | {t['peak_rss_mb']:g} |",
+        "",
+        "## Memory (peak RSS)",
+        "",
+        "| process | peak RSS, MB | TensorFlow loaded |",
+        "|---|---|---|",
+    ]
+    for s in report["scoring"]:
+        lines.append(f"| `asd score` over {s['n_clips']} clips, v{s['version']}, in-process | "
+                     f"{s['cold']['peak_rss_mb']['median']:g} | yes |")
+    lines.append(f"| `asd train` ({t['detector']}) | {t['peak_rss_mb']:g} | yes |")
+    for key, label in (("in_process", "in-process model"), ("rest", "REST to the server")):
+        a = report["app"].get(key, {})
+        if "skipped" in a:
+            lines.append(f"| Streamlit app, {label} | not measured: {a['skipped']} | |")
+        else:
+            lines.append(f"| Streamlit app, {label}, after checking a clip | {a['peak_rss_mb']:g} | "
+                         f"{'yes' if a['tensorflow_loaded'] else 'no'} |")
+    lines += ["", "## The naive way, side by side", "",
+              "| work | naive | this design | design is |", "|---|---|---|---|"]
+    for s in report["scoring"]:
+        naive, design = s["sequential_clips_per_s"]["median"], s["warm_clips_per_s"]["median"]
+        lines.append(f"| scoring {s['n_clips']} clips, v{s['version']}: one at a time vs look-ahead threads and "
+                     f"batched requests | {naive:g} clips/s | {design:g} clips/s | {design / naive:.1f}x faster |")
+    f = report["feature_caching"]
+    naive, design = f["recomputed_epoch_s"]["median"], f["cached_epoch_s"]["median"]
+    lines.append(f"| a training epoch ({f['n_clips']} clips, {f['n_patches']} patches): log-mel recomputed every "
+                 f"epoch vs computed once ({f['features_once_s']:g} s) and cached | {naive:g} s | {design:g} s | "
+                 f"{naive / design:.2f}x faster |")
+    for r in report["rest"]:
+        n = r["naive_full_precision"]
+        lines.append(f"| one REST request, v{r['version']}: standard-library JSON at full precision vs orjson, "
+                     f"rounded | {n['request_ms']['p50']:g} ms ({n['request_mb']:g} MB) | "
+                     f"{r['request_ms']['p50']:g} ms ({r['request_mb']:g} MB) | "
+                     f"{n['request_ms']['p50'] / r['request_ms']['p50']:.1f}x faster |")
+        if r["naive_per_patch"]:
+            pp = r["naive_per_patch"]
+            lines.append(f"| one clip over REST, v{r['version']}: one request per patch ({pp['requests_per_clip']}) "
+                         f"vs one per clip | {pp['clip_ms']['p50']:g} ms | {r['request_ms']['p50']:g} ms | "
+                         f"{pp['clip_ms']['p50'] / r['request_ms']['p50']:.1f}x faster |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,70 @@
+"""`asd bench --quick`, as CI runs it: every part of the speed benchmark still works on the
+real subset and the shipped models. No timing is asserted (the figures of a shared CI
+machine judge nothing); what is checked is that each figure was measured and is sane, and
+the one behaviour the benchmark exists to show that is not a time: the app that talks to
+a server runs without TensorFlow."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import REPO, SUBSET
+
+OUT = REPO / "test-artifacts" / "speed" / "report.md"
+
+
+@pytest.fixture(scope="module")
+def report():
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "asd.cli", "bench", "--quick", "--data", str(SUBSET), "--out", str(OUT)],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"report: {OUT}" in run.stdout
+    return json.loads(OUT.with_suffix(".json").read_text()), OUT.read_text()
+
+
+def test_every_part_is_measured_for_every_shipped_version(report):
+    data, markdown = report
+    versions = [s["version"] for s in data["scoring"]]
+    assert versions == [1, 2]  # production/models/toycar
+    for s in data["scoring"]:
+        assert s["n_clips"] == 8
+        assert s["warm_clips_per_s"]["n"] == 2 and s["warm_clips_per_s"]["min"] > 0
+        assert s["cold"]["peak_rss_mb"]["median"] > 100  # a process that imported TensorFlow
+        assert s["cold"]["startup_s"] > 0
+        assert all(s["stage_ms"][k] > 0 for k in ("decode", "logmel", "model"))
+    for r in data["rest"]:
+        assert r["request_ms"]["n"] == 10 and r["request_ms"]["p50"] > 0
+        assert r["server_ms"]["p50"] > 0 and r["client_encode_ms"]["p50"] > 0
+        assert r["request_mb"] < r["naive_full_precision"]["request_mb"]  # rounding and orjson shrink it
+    rest = {r["version"]: r for r in data["rest"]}
+    assert rest[1]["naive_per_patch"]["requests_per_clip"] == 44 and rest[2]["naive_per_patch"] is None
+    assert rest[2]["input_shape"] == [1, 192000] and rest[1]["input_shape"] == [44, 128, 32]
+    assert [g["version"] for g in data["grpc"]] == [1, 2]
+    assert data["training"]["epochs_run"] == 2 and data["training"]["total_s"] > data["training"]["first_epoch_s"]
+    caching = data["feature_caching"]
+    assert caching["cached_epoch_s"]["median"] > 0 and caching["recomputed_epoch_s"]["median"] > 0
+    # the Markdown report carries each section and one target row per version and figure
+    for heading in ("## Targets", "## Scoring", "## One 12 s clip through a server", "## Training",
+                    "## Memory (peak RSS)", "## The naive way, side by side"):
+        assert heading in markdown
+    assert len(data["headline"]) == 2 * len(versions) + 1
+    assert "quick mode" in markdown
+
+
+@pytest.mark.skipif(not shutil.which("chromium") and os.environ.get("ASD_REQUIRE_BROWSER") != "1",
+                    reason="needs Debian's chromium (apt-get install -y chromium); .ci/run installs it")
+def test_the_app_talking_to_a_server_runs_without_tensorflow(report):
+    data, _ = report
+    app = data["app"]
+    assert not app["rest"]["tensorflow_loaded"] and app["in_process"]["tensorflow_loaded"]
+    assert 0 < app["rest"]["peak_rss_mb"] < app["in_process"]["peak_rss_mb"]
