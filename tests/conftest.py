@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from asd.processes import free_port  # noqa: F401  (tests import it from here)
+
 REPO = Path(__file__).resolve().parents[1]
 SUBSET = REPO / "tests" / "data" / "ToyCar"
 SAMPLES = REPO / "production" / "samples" / "ToyCar"
@@ -22,13 +24,6 @@ SAMPLE_NORMAL = SAMPLES / "section_00_source_test_normal_0001_car_B2_spd_31V_mic
 SAMPLE_ANOMALY = SAMPLES / "section_00_source_test_anomaly_0001_car_B1_spd_31V_mic_1.wav"
 # The same recording as SAMPLE_ANOMALY, as the dataset's FLAC (bit-identical samples).
 SUBSET_FLAC_OF_SAMPLE = SUBSET / "test" / "section_00_source_test_anomaly_0001_car_B1_spd_31V_mic_1.flac"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on (for servers that are down, or to start one)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

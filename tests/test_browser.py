@@ -14,17 +14,16 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
+from asd.processes import STARTUP_S, start_process, stop_process
+
 from .conftest import REPO, SAMPLE_ANOMALY, SAMPLE_NORMAL, SHIPPED_MODELS, free_port
 
 SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
-STARTUP_S = 180  # TensorFlow import and model load in the server, numba's first compile in the app
 CHROMIUM_ARGS = [  # this machine's network is closed: keep Chromium from calling out
     "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
     "--disable-component-update", "--disable-sync",
@@ -32,28 +31,8 @@ CHROMIUM_ARGS = [  # this machine's network is closed: keep Chromium from callin
 
 
 
-def _wait_for(url: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{url} died at start-up:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"{url} not up after {STARTUP_S} s:\n{log.read_text()[-3000:]}")
-
-
 def _start(args: list[str], env: dict, log: Path, health_url: str) -> subprocess.Popen:
-    process = subprocess.Popen(args, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    try:
-        _wait_for(health_url, process, log)
-    except Exception:
-        process.kill()
-        raise
-    return process
+    return start_process(args, env, log, health_url, cwd=REPO, startup_s=STARTUP_S)
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +61,7 @@ def app_url(tmp_path_factory):
         raise
     yield f"http://127.0.0.1:{app_port}"
     for process in (app, server):
-        process.terminate()
-        process.wait(timeout=20)
+        stop_process(process)
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,6 @@ checks that every part still works and never fails on a missed target.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import platform
@@ -35,7 +34,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +42,7 @@ import numpy as np
 from .data import list_clips
 from .layout import resolve_version_dir, versions
 from .metadata import ModelMetadata
+from .processes import STARTUP_S, free_port, start_process, stop_process
 from .provenance import git, package_version
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,7 +54,6 @@ TARGETS = {
     "rest_p95_ms": 40.0,
     "epoch_s": 30.0,  # one conv AE epoch over the ToyCar training clips: at most
 }
-STARTUP_S = 180  # a server's or the app's start-up (TensorFlow import, model load)
 
 
 @dataclass
@@ -246,45 +244,17 @@ def measure_scoring(settings: BenchSettings, version: int, clips: list[Path], lo
 # -- serving -------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_process(args: list[str], env: dict, log_path: Path, health_url: str) -> subprocess.Popen:
-    """Start a server process and wait until ``health_url`` answers 200.
-
-    Raises
-    ------
-    RuntimeError
-        If it dies or does not answer within :data:`STARTUP_S` (with its log's tail).
-    """
-    process = subprocess.Popen(args, cwd=REPO, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + STARTUP_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{args[:3]} died at start-up:\n{log_path.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(health_url, timeout=2) as response:
-                if response.status == 200:
-                    return process
-        except OSError:
-            time.sleep(0.3)
-    process.kill()
-    raise RuntimeError(f"{health_url} not up after {STARTUP_S} s:\n{log_path.read_text()[-3000:]}")
-
-
-def stop_process(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+def time_requests(backend, inputs: np.ndarray, n_requests: int, warm_up: int = 5) -> list[float]:
+    """Seconds of each of ``n_requests`` sequential ``backend.predict(inputs)`` calls,
+    after ``warm_up`` untimed ones."""
+    for _ in range(warm_up):
+        backend.predict(inputs)
+    seconds = []
+    for _ in range(n_requests):
+        started = time.perf_counter()
+        backend.predict(inputs)
+        seconds.append(time.perf_counter() - started)
+    return seconds
 
 
 def _clip_input(backend, clip_path: Path):
@@ -317,13 +287,7 @@ def measure_rest(url: str, name: str, version: int, clip_path: Path, n_requests:
 
     backend = RestBackend(url, name, version=version, timeout_s=60)
     inputs = _clip_input(backend, clip_path)
-    for _ in range(5):
-        backend.predict(inputs)
-    request = []
-    for _ in range(n_requests):
-        started = time.perf_counter()
-        backend.predict(inputs)
-        request.append(time.perf_counter() - started)
+    request = time_requests(backend, inputs, n_requests)
 
     encode, decode, server, total = [], [], [], []
     for _ in range(max(5, n_requests // 2)):
@@ -409,13 +373,7 @@ def measure_grpc(target: str, name: str, version: int, clip_path: Path, n_reques
     try:
         api = backend._api
         inputs = np.ascontiguousarray(_clip_input(backend, clip_path), dtype=np.float32)
-        for _ in range(5):
-            backend.predict(inputs)
-        request_times = []
-        for _ in range(n_requests):
-            started = time.perf_counter()
-            backend.predict(inputs)
-            request_times.append(time.perf_counter() - started)
+        request_times = time_requests(backend, inputs, n_requests)
         encode, decode = [], []
         for _ in range(max(5, n_requests // 2)):
             t0 = time.perf_counter()
@@ -483,7 +441,7 @@ def measure_app(env_extra: dict, clip_path: Path, log_dir: Path, label: str, log
         [str(Path(sys.executable).parent / "streamlit"), "run", "production/app/streamlit_app.py",
          "--server.headless", "true", "--server.address", "127.0.0.1", "--server.port", str(port),
          "--browser.gatherUsageStats", "false"],
-        {**_env(), **env_extra}, log_dir / f"app_{label}.log", f"http://127.0.0.1:{port}/_stcore/health",
+        {**_env(), **env_extra}, log_dir / f"app_{label}.log", f"http://127.0.0.1:{port}/_stcore/health", cwd=REPO,
     )
     try:
         with sync_playwright() as playwright:
@@ -687,7 +645,7 @@ def run_bench(settings: BenchSettings, log=print) -> dict:
         server = start_process(
             [sys.executable, "-m", "asd.serving.standin", "--models", str(settings.models), "--port", str(rest_port),
              "--grpc-port", str(grpc_port)],
-            _env(), workdir / "standin.log", f"http://127.0.0.1:{rest_port}/v1/models/{settings.name}",
+            _env(), workdir / "standin.log", f"http://127.0.0.1:{rest_port}/v1/models/{settings.name}", cwd=REPO,
         )
         url = f"http://127.0.0.1:{rest_port}"
         try:
