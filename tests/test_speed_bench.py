@@ -68,3 +68,30 @@ def test_the_app_talking_to_a_server_runs_without_tensorflow(report):
     app = data["app"]
     assert not app["rest"]["tensorflow_loaded"] and app["in_process"]["tensorflow_loaded"]
     assert 0 < app["rest"]["peak_rss_mb"] < app["in_process"]["peak_rss_mb"]
+
+
+def test_readme_quotes_the_committed_report():
+    """The Speed section's figures are those of benchmarks/speed/report.json."""
+    committed = json.loads((REPO / "benchmarks" / "speed" / "report.json").read_text())
+    readme = (REPO / "README.md").read_text()
+    scoring = {s["version"]: s for s in committed["scoring"]}
+    rest = {r["version"]: r for r in committed["rest"]}
+    grpc = {g["version"]: g for g in committed["grpc"]}
+    training = committed["training"]
+    quoted = [
+        f"**{scoring[2]['warm_clips_per_s']['median']:g} clips/s**",
+        f"| {scoring[1]['warm_clips_per_s']['median']:g} clips/s (**missed**)",
+        f"{scoring[2]['cold']['clips_per_s']['median']:g} clips/s ({scoring[2]['cold']['startup_s']:g} s start-up)",
+        f"**{rest[2]['request_ms']['p50']:g} / {rest[2]['request_ms']['p95']:g} ms**",
+        f"{rest[1]['request_ms']['p50']:g} / {rest[1]['request_ms']['p95']:g} ms (**missed**)",
+        f"{grpc[2]['request_ms']['p50']:g} / {grpc[2]['request_ms']['p95']:g} ms",
+        f"**{training['epoch_s']['median']:g} s**",
+        f"takes {training['total_s']:g} s",
+        f"**{round(committed['app']['rest']['peak_rss_mb']):g} MB**",
+        f"model {scoring[2]['stage_ms']['model']:g} ms (v2)",
+        "[`benchmarks/speed/report.md`](benchmarks/speed/report.md)",
+    ]
+    for text in quoted:
+        assert text in readme, text
+    assert not committed["settings"]["quick"]
+    assert committed["app"]["rest"]["tensorflow_loaded"] is False
