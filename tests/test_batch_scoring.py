@@ -28,7 +28,13 @@ def test_batched_scoring_equals_one_clip_at_a_time_and_keeps_bad_files_in_place(
     bad.write_text("not audio\n" * 50)
     paths = clips[:3] + [bad] + clips[3:]
 
-    outcomes = list(detector.score_files(paths, workers=2, batch_size=4))
+    calls = []
+    predict = detector.backend.predict
+    detector.backend.predict = lambda inputs: calls.append(len(inputs)) or predict(inputs)
+    rows_per_clip = len(detector.prepare(load_audio(clips[0], 16000)).inputs)  # 44 patches, or 1 waveform
+    outcomes = list(detector.score_files(paths, workers=2, batch_size=4, max_rows=2 * rows_per_clip))
+    detector.backend.predict = predict
+    assert sum(calls) == len(clips) * rows_per_clip and max(calls) <= 2 * rows_per_clip  # TF Serving's row limit kept
 
     assert [p for p, _ in outcomes] == paths
     assert isinstance(outcomes[3][1], AudioError) and "notes.wav" in str(outcomes[3][1])

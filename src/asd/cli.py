@@ -227,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2,
                    help="threads decoding clips and computing log-mel ahead of the model (default 2)")
     p.add_argument("--batch-size", type=int, default=8,
-                   help="clips per model request at most, of those ready when the model is free (default 8)")
+                   help="clips per model request at most, of those ready when the model is free (default 8; "
+                        "never more than 512 input rows, TF Serving's max_batch_size)")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("benchmark", help="train and evaluate several detectors on the same split; write a table and plots")

@@ -29,6 +29,25 @@ from .metadata import WAVEFORM_INPUT_NAME, ModelMetadata
 from .scoring import clip_score, verdict
 
 
+# Rows one model request may hold: TF Serving's max_batch_size in
+# production/serving/batching.config, above which it refuses a request.
+MAX_REQUEST_ROWS = 512
+
+
+def _row_limited(batch: list, max_rows: int) -> Iterator[list]:
+    """Consecutive runs of ``batch`` whose inputs hold at most ``max_rows`` rows each (a
+    single larger clip forms its own run)."""
+    chunk, rows = [], 0
+    for item in batch:
+        if chunk and rows + len(item.inputs) > max_rows:
+            yield chunk
+            chunk, rows = [], 0
+        chunk.append(item)
+        rows += len(item.inputs)
+    if chunk:
+        yield chunk
+
+
 @dataclass
 class ClipResult:
     """A scored clip, with what explains the score.
@@ -262,7 +281,7 @@ class Detector:
         return self.score_clip(load_audio(source, self.features.sample_rate, name=name))
 
     def score_files(
-        self, paths: Iterable[str | Path], workers: int = 2, batch_size: int = 8
+        self, paths: Iterable[str | Path], workers: int = 2, batch_size: int = 8, max_rows: int = MAX_REQUEST_ROWS
     ) -> Iterator[tuple[str | Path, ClipResult | Exception]]:
         """Score many files, in order: decoding and log-mel run ahead in threads, and the
         clips ready when the model is free go to it in one request.
@@ -281,6 +300,9 @@ class Detector:
         batch_size : int
             Clips per model request at most; also how far the threads run ahead (two
             batches, ~1 MB of features a clip).
+        max_rows : int
+            Input rows (patches, or waveforms) per request at most: clips are not
+            batched beyond it (a clip larger on its own still goes whole).
 
         Yields
         ------
@@ -314,6 +336,7 @@ class Detector:
                         outcomes.append(future.result())
                     except (AudioError, ClipTooShortError, OSError) as exc:
                         outcomes.append(exc)
-                scored = iter(self.score_batch([o for o in outcomes if isinstance(o, ClipFeatures)]))
+                prepared = [o for o in outcomes if isinstance(o, ClipFeatures)]
+                scored = iter([r for chunk in _row_limited(prepared, max_rows) for r in self.score_batch(chunk)])
                 for (path, _), outcome in zip(ready, outcomes):
                     yield path, next(scored) if isinstance(outcome, ClipFeatures) else outcome
