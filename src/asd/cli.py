@@ -63,6 +63,12 @@ def _detector(args):
     return Detector(backend)
 
 
+def _require_machine_type_folder(data: str) -> None:
+    """``data`` must hold train/ and test/ (asd benchmark and asd bench use both)."""
+    if not Path(data, "train").is_dir() or not Path(data, "test").is_dir():
+        raise FileNotFoundError(f"{data}: needs train/ and test/ folders (a machine-type folder such as dev_data/ToyCar)")
+
+
 def cmd_train(args) -> int:
     from .config import load_train_config
 
@@ -144,8 +150,7 @@ def cmd_benchmark(args) -> int:
             raise ConfigError(f"--seeds must be 1 to {len(config.seeds)} (the config lists {config.seeds})")
         config.seeds = config.seeds[: args.seeds]
     names = [d.strip() for d in args.detectors.split(",") if d.strip()] if args.detectors != "all" else list(config.detectors)
-    if not Path(args.data, "train").is_dir() or not Path(args.data, "test").is_dir():
-        raise FileNotFoundError(f"{args.data}: needs train/ and test/ folders (a machine-type folder such as dev_data/ToyCar)")
+    _require_machine_type_folder(args.data)
     from .benchmark import run_benchmark  # imports the detectors' libraries
 
     run_benchmark(args.data, config, names, args.out, max_train_clips=args.max_train_clips)
@@ -179,8 +184,7 @@ def cmd_loadtest(args) -> int:
 def cmd_bench(args) -> int:
     from .speed import DEFAULT_TRAIN_CONFIG, BenchSettings, run_bench
 
-    if not Path(args.data, "train").is_dir() or not Path(args.data, "test").is_dir():
-        raise FileNotFoundError(f"{args.data}: needs train/ and test/ folders (a machine-type folder such as dev_data/ToyCar)")
+    _require_machine_type_folder(args.data)
     if not str(args.out).endswith(".md"):
         raise ValueError(f"--out {args.out}: name the Markdown report, e.g. benchmarks/speed/report.md (the JSON goes next to it)")
     quick = {"repeats": 2, "requests": 10, "epochs": 2} if args.quick else {}

@@ -137,37 +137,29 @@ def log_mel_spectrogram(samples: np.ndarray, config: FeatureConfig) -> np.ndarra
         spectrum = np.square(stft.real) + np.square(stft.imag)
     else:
         spectrum = np.abs(stft) ** config.power
-    mel = _sparse_mel_filter_bank(config) @ spectrum
+    mel = mel_filter_bank(config) @ spectrum
     db = librosa.power_to_db(mel, ref=config.db_ref, amin=config.db_amin, top_db=None)
     return db.astype(np.float32, copy=False)
 
 
 @functools.lru_cache(maxsize=8)
-def mel_filter_bank(config: FeatureConfig) -> np.ndarray:
-    """The mel filter bank of ``config``, built once per setting (read-only).
+def mel_filter_bank(config: FeatureConfig):
+    """The mel filter bank of ``config``, built once per setting, as a sparse matrix.
 
     Returns
     -------
-    np.ndarray [shape=(n_mels, 1 + n_fft // 2), dtype=float32]
+    scipy.sparse.csr_array [shape=(n_mels, 1 + n_fft // 2), dtype=float32]
         ``librosa.filters.mel`` (Slaney mel scale and area normalisation, librosa's
-        defaults, as ``librosa.feature.melspectrogram`` uses).
+        defaults, as ``librosa.feature.melspectrogram`` uses); shared between calls and
+        threads, so not to be modified.
     """
     import librosa
-
-    bank = librosa.filters.mel(
-        sr=config.sample_rate, n_fft=config.n_fft, n_mels=config.n_mels, fmin=config.fmin,
-        fmax=config.fmax or config.sample_rate / 2,
-    )
-    bank.setflags(write=False)  # shared between calls and threads
-    return bank
-
-
-@functools.lru_cache(maxsize=8)
-def _sparse_mel_filter_bank(config: FeatureConfig):
-    """:func:`mel_filter_bank` as a ``scipy.sparse.csr_array`` (float32)."""
     from scipy import sparse
 
-    return sparse.csr_array(mel_filter_bank(config))
+    return sparse.csr_array(librosa.filters.mel(
+        sr=config.sample_rate, n_fft=config.n_fft, n_mels=config.n_mels, fmin=config.fmin,
+        fmax=config.fmax or config.sample_rate / 2,
+    ))
 
 
 def patch_starts(n_frames: int, config: FeatureConfig) -> np.ndarray:

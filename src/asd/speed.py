@@ -554,13 +554,13 @@ def measure_feature_caching(settings: BenchSettings, epochs: int, log=print) -> 
     features_once_s = time.perf_counter() - started
     mean, std = per_mel_standardisation(clipset)
     patches, _ = clipset.patches()
-    cached = ((patches - mean[None, :, None]) / std[None, :, None])[..., None].astype(np.float32)
+    def standardised(patches: np.ndarray) -> np.ndarray:  # the model's input: (n, n_mels, frames, 1)
+        return ((patches - mean[None, :, None]) / std[None, :, None])[..., None].astype(np.float32)
+
+    cached = standardised(patches)
 
     def standardised_patches(path) -> np.ndarray:
-        samples = load_audio(path.decode(), features.sample_rate).samples
-        return ((clip_patches(samples, features)[1] - mean[None, :, None]) / std[None, :, None])[..., None].astype(
-            np.float32
-        )
+        return standardised(clip_patches(load_audio(path.decode(), features.sample_rate).samples, features)[1])
 
     patch_shape = [features.n_mels, features.patch_frames, 1]
     batch = config.training.batch_size
