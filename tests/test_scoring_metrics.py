@@ -7,7 +7,7 @@ from sklearn.metrics import roc_auc_score
 
 from asd.data import ClipInfo
 from asd.metrics import evaluate_scores
-from asd.scoring import clip_score, fit_gamma_threshold, verdict
+from asd.scoring import choose_margin, clip_score, fit_gamma_threshold, verdict
 
 
 def test_clip_score_is_the_mean_patch_error():
@@ -71,6 +71,40 @@ def test_metrics_follow_the_dcase_definitions():
     assert metrics["precision"] == pytest.approx(tp / flagged.sum())
     assert metrics["recall"] == pytest.approx(tp / y.sum())
     assert metrics["sections"]["00"]["per_domain"]["target"]["n_normal"] == 25
+    for domain in ("source", "target"):
+        per = metrics["sections"]["00"]["per_domain"][domain]
+        normal = (d == domain) & ~y
+        assert per["false_alarm_rate"] == pytest.approx(flagged[normal].sum() / normal.sum())
+        assert per["n_normal_flagged"] == flagged[normal].sum()
+        assert per["n_anomaly_flagged"] == flagged[(d == domain) & y].sum()
+    # the shifted target normals are flagged more often than the source ones
+    per_domain = metrics["sections"]["00"]["per_domain"]
+    assert per_domain["target"]["false_alarm_rate"] > per_domain["source"]["false_alarm_rate"]
+
+
+def test_margin_is_the_smallest_that_keeps_each_domains_false_alarms_in_bounds():
+    rng = np.random.default_rng(11)
+    domains = np.array(["source"] * 40 + ["target"] * 40)
+    labels = np.tile(np.array([False] * 20 + [True] * 20), 2)
+    scores = rng.gamma(3.0, 0.2, 80) + labels * 0.3 + (domains == "target") * 0.4
+    base = 0.5
+    limits = {"source": 0.10, "target": 0.25}
+    margin = choose_margin(base, scores, labels, domains, limits)
+    flagged = scores > base * margin
+
+    def false_alarms(domain, flagged):
+        normal = (domains == domain) & ~labels
+        return flagged[normal].mean()
+
+    for domain, limit in limits.items():
+        assert false_alarms(domain, flagged) <= limit
+    # any smaller margin breaks a limit: the choice keeps the most anomalies flagged
+    smaller = scores > base * margin * (1 - 1e-9)
+    assert any(false_alarms(domain, smaller) > limit for domain, limit in limits.items())
+    assert choose_margin(100.0, scores, labels, domains, limits) == 1.0  # never below the baselines' rule
+    assert fit_gamma_threshold(scores, 0.9, margin=2.0).value == pytest.approx(2 * fit_gamma_threshold(scores, 0.9).value)
+    with pytest.raises(ValueError, match="margin"):
+        fit_gamma_threshold(scores, 0.9, margin=0.0)
 
 
 def test_official_score_is_harmonic_mean_over_sections():

@@ -98,8 +98,10 @@ def _format_metrics(metrics: dict) -> str:
     for section, values in metrics["sections"].items():
         for domain, prf in values["per_domain"].items():
             lines.append(
-                f"  section {section} {domain}: precision {fmt(prf['precision'])}  recall {fmt(prf['recall'])}  "
-                f"F1 {fmt(prf['f1'])}  ({prf['n_normal']} normal, {prf['n_anomaly']} anomaly)"
+                f"  section {section} {domain}: false-alarm rate {fmt(prf['false_alarm_rate'])} "
+                f"({prf['n_normal_flagged']} of {prf['n_normal']} normal flagged)  recall {fmt(prf['recall'])} "
+                f"({prf['n_anomaly_flagged']} of {prf['n_anomaly']} anomalous flagged)  precision {fmt(prf['precision'])}  "
+                f"F1 {fmt(prf['f1'])}"
             )
     return "\n".join(lines)
 

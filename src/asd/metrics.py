@@ -11,7 +11,9 @@ task 2", arXiv 2305.07828:
 - official score: harmonic mean of every section's AUC-source, AUC-target and pAUC.
 
 Precision, recall and F1 at the decision threshold are given per domain (that domain's
-normals and anomalies) and over all clips, anomalies being the positive class.
+normals and anomalies) and over all clips, anomalies being the positive class; per domain
+also the false-alarm rate, the share of its normal clips flagged (normal clips flagged /
+normal clips), and the counts of flagged normal and anomalous clips.
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ def section_metrics(
     -------
     dict
         ``auc_source``, ``auc_target`` (None where the domain has no normal clip),
-        ``pauc``, per-domain and overall ``precision``/``recall``/``f1``, clip counts.
+        ``pauc``, per-domain and overall ``precision``/``recall``/``f1``, per domain
+        ``false_alarm_rate`` (None without normal clips) and clip counts.
 
     Raises
     ------
@@ -85,10 +88,15 @@ def section_metrics(
     for domain in ("source", "target"):
         mask = domains == domain
         if mask.any():
+            normal = mask & ~labels
             result["per_domain"][domain] = {
                 **_prf(labels[mask], flagged[mask]),
-                "n_normal": int(np.sum(~labels[mask])),
+                # what a user meets most: healthy recordings called anomalous
+                "false_alarm_rate": float(flagged[normal].mean()) if normal.any() else None,
+                "n_normal": int(normal.sum()),
                 "n_anomaly": int(np.sum(labels[mask])),
+                "n_normal_flagged": int(flagged[normal].sum()),
+                "n_anomaly_flagged": int(flagged[mask & labels].sum()),
             }
     return result
 
