@@ -35,7 +35,12 @@ class TrainingSettings(_Strict):
 
 
 class ThresholdSettings(_Strict):
+    """Decision threshold: ``margin * gamma.ppf(quantile)`` of the training clips' scores
+    (:func:`asd.scoring.fit_gamma_threshold`)."""
+
     quantile: float = Field(default=0.9, gt=0, lt=1)
+    margin: float = Field(default=1.0, gt=0)
+    margin_chosen_on: str | None = None  # where the margin comes from, for the model's metadata
 
 
 class TrainConfig(_Strict):

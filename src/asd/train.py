@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from . import __version__
-from .config import TrainConfig
+from .config import ThresholdSettings, TrainConfig
 from .data import list_clips
 from .detectors import ServableDetector, load_clipset, make_detector
 from .evaluation import evaluate_directory, write_scores_csv
@@ -92,7 +92,7 @@ def train(config: TrainConfig, log=print) -> TrainResult:
     detector.fit(train_set, run_dir=run_dir, log=log)
     metadata = export_fitted(
         detector, train_set, name=config.name, version_dir=version_dir, machine_type=machine_type,
-        data_dir=config.data_dir, settings=config.model_dump(mode="json"), threshold_quantile=config.threshold.quantile,
+        data_dir=config.data_dir, settings=config.model_dump(mode="json"), threshold=config.threshold,
         evaluate=config.evaluate, run_dir=run_dir, started=started, log=log,
     )
     return TrainResult(version_dir=version_dir, run_dir=run_dir, metadata=metadata)
@@ -107,7 +107,7 @@ def export_fitted(
     machine_type: str,
     data_dir: Path,
     settings: dict,
-    threshold_quantile: float,
+    threshold: ThresholdSettings,
     evaluate: bool,
     run_dir: Path,
     started: float | None = None,
@@ -129,8 +129,10 @@ def export_fitted(
     version = int(version_dir.name)
     serve = detector.serving_function()
     train_scores = detector.training_scores(train_set)  # through the served function (or leave-one-out)
-    threshold = fit_gamma_threshold(train_scores, threshold_quantile)
-    log(f"decision threshold {threshold.value:.4f} (gamma fit of {threshold.n_scores} training clips, q={threshold.quantile})")
+    settings_threshold = threshold
+    threshold = fit_gamma_threshold(train_scores, settings_threshold.quantile, settings_threshold.margin)
+    log(f"decision threshold {threshold.value:.4f} (gamma fit of {threshold.n_scores} training clips, "
+        f"q={threshold.quantile}, margin {threshold.margin:g})")
     clips = train_set.clips
     info = detector.info
     metadata = ModelMetadata(
@@ -139,7 +141,12 @@ def export_fitted(
         machine_type=machine_type,
         detector=detector.kind,
         features=detector.features,
-        threshold={**threshold.to_dict(), "fitted_on": "all normal training clips (DCASE 2021+ baseline practice)"},
+        threshold={
+            **threshold.to_dict(),
+            "fitted_on": "all normal training clips (DCASE 2021+ baseline practice)"
+            + ("; leave-one-out scores" if detector.leave_one_out_training_scores else ""),
+            "margin_chosen_on": settings_threshold.margin_chosen_on,
+        },
         normalisation=detector.normalisation(),
         outputs=list(detector.outputs),
         score_unit=detector.score_unit,

@@ -165,6 +165,10 @@ class AnomalyDetector:
         """Anomaly scores ``(n_clips,)`` float64, higher = more anomalous."""
         raise NotImplementedError
 
+    #: True where :meth:`training_scores` leaves each clip out of the reference set it is
+    #: scored against (detectors that keep the training clips' embeddings).
+    leave_one_out_training_scores: ClassVar[bool] = False
+
     def training_scores(self, train: ClipSet) -> np.ndarray:
         """Scores of the training clips for the decision threshold (default: :meth:`score`)."""
         return self.score(train)

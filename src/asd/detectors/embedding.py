@@ -48,6 +48,7 @@ class ArcFaceHead(layers.Layer):
 
 
 class ArcFaceDetector(ServableDetector):
+    leave_one_out_training_scores = True
     kind = "arcface"
     description = "CNN attribute classifier with ArcFace loss; cosine 1-NN to training clips per domain, min over domains"
     outputs = ("patch_error", "frame_error")

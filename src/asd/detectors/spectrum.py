@@ -42,6 +42,29 @@ from ..metadata import WAVEFORM_INPUT_NAME
 from .base import ClipSet, Params, ServableDetector
 
 
+def whole_clip_log_spectrum(waveforms, n_samples: int, bin_group: int) -> tf.Tensor:
+    """Log magnitude spectrum of whole clips, clip mean removed (module docstring).
+
+    Parameters
+    ----------
+    waveforms : tf.Tensor [shape=(batch, n_samples), dtype=float32]
+        Samples in [-1, 1].
+    n_samples : int
+        FFT length (the clip's length: 1 / clip_seconds Hz per bin).
+    bin_group : int
+        Bins averaged per group (up to half the sample rate).
+
+    Returns
+    -------
+    tf.Tensor [shape=(batch, (n_samples // 2) // bin_group), dtype=float32]
+        ``log(mean |rfft| + 1e-8)`` minus each clip's mean over bins (removes the gain).
+    """
+    n_bins = (n_samples // 2) // bin_group
+    magnitude = tf.abs(tf.signal.rfft(waveforms, fft_length=[n_samples]))[:, : n_bins * bin_group]
+    log = tf.math.log(tf.reduce_mean(tf.reshape(magnitude, [-1, n_bins, bin_group]), axis=2) + 1e-8)
+    return log - tf.reduce_mean(log, axis=1, keepdims=True)
+
+
 class SubClusterAdaCos(layers.Layer):
     """Class probabilities: softmax over fixed random sub-cluster centres (cosine logits,
     fixed AdaCos scale), summed per class (Wilkinghoff, IJCNN 2021)."""
@@ -66,6 +89,7 @@ def _cross_entropy(y_true, p):
 
 
 class SpectrumAdaCosDetector(ServableDetector):
+    leave_one_out_training_scores = True
     kind = "spectrum_adacos"
     description = "whole-clip FFT embeddings, sub-cluster AdaCos ensemble; per-domain normalised cosine 1-NN"
     score_unit = "normalised cosine distance to the nearest normal training clip"
@@ -95,10 +119,7 @@ class SpectrumAdaCosDetector(ServableDetector):
         """The feature (module docstring) of ``(batch, input_samples)`` waveforms, before the
         division by the training spread: ``(batch, n_bins)`` float32. Used by training and
         by the served graph alike."""
-        n, group = self.input_samples, self.params.bin_group
-        magnitude = tf.abs(tf.signal.rfft(waveforms, fft_length=[n]))[:, : (n // 2) // group * group]
-        log = tf.math.log(tf.reduce_mean(tf.reshape(magnitude, [tf.shape(magnitude)[0], -1, group]), axis=2) + 1e-8)
-        return log - tf.reduce_mean(log, axis=1, keepdims=True)
+        return whole_clip_log_spectrum(waveforms, self.input_samples, self.params.bin_group)
 
     def _spectra(self, clips: ClipSet) -> np.ndarray:
         waves = self.waveforms(clips)
