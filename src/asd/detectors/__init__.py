@@ -26,6 +26,7 @@ DETECTORS: dict[str, tuple[str, str]] = {
     "knn": ("classical", "KnnDetector"),
     "arcface": ("embedding", "ArcFaceDetector"),
     "spectrum_adacos": ("spectrum", "SpectrumAdaCosDetector"),
+    "multispec_scac": ("multispec", "MultiSpecAdaCosDetector"),
 }
 
 
