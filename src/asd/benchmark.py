@@ -33,7 +33,7 @@ from .data import list_clips
 from .features import FeatureConfig
 from .metrics import section_metrics
 from .provenance import package_version
-from .scoring import fit_gamma_threshold
+from .scoring import choose_margin, fit_gamma_threshold
 
 FIGURES = ("auc_source", "auc_target", "pauc", "official_score")
 
@@ -55,6 +55,9 @@ class BenchmarkConfig(_Strict):
     features: dict[str, Any] = Field(default_factory=dict)
     held_apart_seed: int = 0
     threshold_quantile: float = Field(default=0.9, gt=0, lt=1)
+    # the decision threshold's margin is chosen on half A so that at most these shares of
+    # each domain's normal clips are flagged (asd.scoring.choose_margin); half B reports it
+    max_false_alarms: dict[str, float] = Field(default={"source": 0.10, "target": 0.25})
     detectors: dict[str, DetectorEntry]
 
 
@@ -159,6 +162,7 @@ def run_benchmark(
             t0 = time.monotonic()
             scores = np.asarray(detector.score(test), float)
             score_ms = 1000 * (time.monotonic() - t0) / len(test)
+            train_scores = np.asarray(detector.training_scores(train), float)
             run = {
                 "seed": seed,
                 **figures(labels, domains, scores),
@@ -167,13 +171,14 @@ def run_benchmark(
                 "fit_s": round(fit_s, 1),
                 "score_ms_per_clip": round(score_ms, 2),
                 "size_bytes": detector.size_bytes(),
+                "threshold": threshold_on_halves(train_scores, scores, labels, domains, half_a, config),
                 "info": detector.info,
             }
             log(f"[{name}] seed {seed}: official {run['official_score']:.4f} (AUC-source {run['auc_source']:.4f}, "
                 f"AUC-target {run['auc_target']:.4f}, pAUC {run['pauc']:.4f}); fit {fit_s:.0f} s")
             if not runs:
                 first_scores[name] = scores
-                threshold = _plot_threshold(np.asarray(detector.training_scores(train), float), config.threshold_quantile)
+                threshold = run["threshold"]["value"]
                 from .plots import plot_roc_per_domain, plot_score_histogram
 
                 plot_roc_per_domain(labels, domains, scores, f"{name} (seed {seed})", out_dir / "plots" / f"{name}_roc.png")
@@ -189,6 +194,7 @@ def run_benchmark(
             **{key: _summary(runs, key) for key in FIGURES + ("fit_s", "score_ms_per_clip", "size_bytes")},
             "half_a_official": _summary([r["half_a"] for r in runs], "official_score"),
             "half_b_official": _summary([r["half_b"] for r in runs], "official_score"),
+            "threshold": _threshold_summary(runs),
         }
 
     report = {
@@ -199,6 +205,8 @@ def run_benchmark(
         "feature_ms_per_clip": round(1000 * feature_s, 2),
         "seeds": config.seeds,
         "held_apart_seed": config.held_apart_seed,
+        "threshold_quantile": config.threshold_quantile,
+        "max_false_alarms": config.max_false_alarms,
         "detectors": results,
         "selection": _selection(results),
         "duration_s": round(time.monotonic() - started, 1),
@@ -215,13 +223,45 @@ def run_benchmark(
     return report
 
 
-def _plot_threshold(train_scores: np.ndarray, quantile: float) -> float:
+def _base_threshold(train_scores: np.ndarray, quantile: float) -> float:
     """The DCASE gamma threshold of the training scores, or their empirical quantile where
     a gamma fit does not apply (scores <= 0, as some scikit-learn scores are)."""
     try:
         return fit_gamma_threshold(train_scores, quantile).value
     except ValueError:
         return float(np.quantile(train_scores, quantile))
+
+
+def rates_at(threshold: float, scores: np.ndarray, labels: np.ndarray, domains: np.ndarray) -> dict:
+    """Per domain: ``false_alarm_rate`` (normal clips flagged / normal clips) and ``recall``
+    (anomalies flagged / anomalies) at ``threshold`` (flagged: score > threshold)."""
+    flagged = scores > threshold
+    out: dict = {"false_alarm_rate": {}, "recall": {}}
+    for domain in ("source", "target"):
+        normal, anomaly = (domains == domain) & ~labels, (domains == domain) & labels
+        out["false_alarm_rate"][domain] = float(flagged[normal].mean()) if normal.any() else None
+        out["recall"][domain] = float(flagged[anomaly].mean()) if anomaly.any() else None
+    return out
+
+
+def threshold_on_halves(train_scores, scores, labels, domains, half_a, config: BenchmarkConfig) -> dict:
+    """The decision threshold of one run: the baselines' rule (gamma quantile of the
+    training scores), and that times the margin chosen on half A of the test clips
+    (:func:`asd.scoring.choose_margin`), each with its false-alarm rate and recall per
+    domain on half B."""
+    base = _base_threshold(train_scores, config.threshold_quantile)
+    if base > 0:
+        margin = choose_margin(base, scores[half_a], labels[half_a], domains[half_a], config.max_false_alarms)
+    else:  # a margin scales positive thresholds only (some scikit-learn scores are negative)
+        margin = 1.0
+    half_b = ~half_a
+    return {
+        "base": base,
+        "margin": margin,
+        "value": base * margin,
+        "baseline_rule_half_b": rates_at(base, scores[half_b], labels[half_b], domains[half_b]),
+        "half_b": rates_at(base * margin, scores[half_b], labels[half_b], domains[half_b]),
+    }
 
 
 def _selection(results: dict) -> dict:
@@ -236,6 +276,19 @@ def _selection(results: dict) -> dict:
             "official_half_a": results[chosen_on_a]["half_a_official"]["mean"],
             "official_half_b": results[chosen_on_a]["half_b_official"]["mean"],
         },
+    }
+
+
+def _threshold_summary(runs: list[dict]) -> dict:
+    """Mean over runs of the margin and of the half-B rates of both threshold rules."""
+    def mean(rule: str, key: str, domain: str):
+        values = [r["threshold"][rule][key][domain] for r in runs if r["threshold"][rule][key][domain] is not None]
+        return float(np.mean(values)) if values else None
+
+    return {
+        "margin": float(np.mean([r["threshold"]["margin"] for r in runs])),
+        **{rule: {key: {d: mean(rule, key, d) for d in ("source", "target")} for key in ("false_alarm_rate", "recall")}
+           for rule in ("baseline_rule_half_b", "half_b")},
     }
 
 
@@ -266,6 +319,27 @@ def markdown_table(report: dict) -> str:
             f"{_mean_sd(r['auc_target'])} | {_mean_sd(r['pauc'])} | **{_mean_sd(r['official_score'])}** | "
             f"{r['half_a_official']['mean']:.3f} / {r['half_b_official']['mean']:.3f} | {r['fit_s']['mean']:.0f} | "
             f"{r['score_ms_per_clip']['mean']:.1f} | {r['size_bytes']['mean'] / 1024:.0f} |"
+        )
+    limits = report.get("max_false_alarms", {})
+    lines += [
+        "",
+        "Decision threshold, half B of the test clips (mean over runs): the baselines' rule (gamma "
+        f"{report.get('threshold_quantile', 0.9)} quantile of the training scores) and that times a margin chosen on "
+        f"half A so that at most {100 * limits.get('source', 0):.0f} % of source and {100 * limits.get('target', 0):.0f} % "
+        "of target normal clips are flagged.",
+        "",
+        "| detector | false alarms, baseline rule (source / target) | recall, baseline rule (source / target) | margin (half A) | false alarms with margin (source / target) | recall with margin (source / target) |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def pair(values: dict) -> str:
+        return " / ".join("n/a" if values[d] is None else f"{values[d]:.2f}" for d in ("source", "target"))
+
+    for name, r in rows:
+        t = r["threshold"]
+        lines.append(
+            f"| `{name}` | {pair(t['baseline_rule_half_b']['false_alarm_rate'])} | {pair(t['baseline_rule_half_b']['recall'])} | "
+            f"{t['margin']:.3g} | {pair(t['half_b']['false_alarm_rate'])} | {pair(t['half_b']['recall'])} |"
         )
     sel = report["selection"]
     held = sel["held_apart"]
