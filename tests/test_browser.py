@@ -21,7 +21,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from asd.processes import STARTUP_S, start_process, stop_process
 
-from .conftest import REPO, SAMPLE_ANOMALY, SAMPLE_NORMAL, SHIPPED_MODELS, free_port
+from .conftest import REPO, SAMPLE_FLAGGED, SAMPLE_NORMAL, SHIPPED_MODELS, free_port
 
 SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
 CHROMIUM_ARGS = [  # this machine's network is closed: keep Chromium from calling out
@@ -123,7 +123,7 @@ def test_normal_and_anomalous_clips_get_their_verdicts_and_plots(page):
 
     page.reload()
     _wait_ready(page)
-    _upload(page, SAMPLE_ANOMALY)
+    _upload(page, SAMPLE_FLAGGED)
     page.get_by_text("sounds anomalous").wait_for()
     _expect_plots(page, 3)
     _shot(page, "2_anomalous_clip")
@@ -140,7 +140,7 @@ def test_normal_and_anomalous_clips_get_their_verdicts_and_plots(page):
 
 
 def test_many_clips_give_a_results_table(page):
-    _upload(page, SAMPLE_NORMAL, SAMPLE_ANOMALY)
+    _upload(page, SAMPLE_NORMAL, SAMPLE_FLAGGED)
     page.get_by_text("Results: 1 of 2 clips anomalous").wait_for()
     expect(page.locator('[data-testid="stDataFrame"]')).to_have_count(1)
     expect(page.get_by_text("Download as CSV")).to_have_count(1)
