@@ -1,11 +1,11 @@
 """Multi-resolution spectral embeddings with sub-cluster AdaCos (imports TensorFlow/Keras).
 
-The recipe of ASDKit's ``dis_multispec_scac_trainable`` (Fujimura et al., "ASDKit: a
-toolkit for comprehensive evaluation of anomalous sound detection methods",
-arXiv 2507.10264; TakuyaFujimura/dcase-asd-toolkit, ``config/train/frontend/
-dis_multiresnet_0256_1024_4096.yaml``), itself after Wilkinghoff's DCASE 2023 system
-(Wilkinghoff, "Fisher discriminant analysis...", DCASE 2023 technical report; "Sub-cluster
-AdaCos", IJCNN 2021):
+The recipe of ASDKit's ``dis_multispec_scac_trainable`` (Fujimura et al., ASDKit, a
+toolkit for anomalous sound detection, arXiv 2507.10264; TakuyaFujimura/dcase-asd-toolkit,
+``config/train/frontend/
+dis_multiresnet_0256_1024_4096.yaml``), itself after Wilkinghoff's DCASE systems, which
+combine STFT and whole-clip FFT branches trained with sub-cluster AdaCos (Wilkinghoff,
+"Sub-cluster AdaCos: learning representations for anomalous sound detection", IJCNN 2021):
 
 - Branches, all computed in the graph from the clip's waveform: the linear-frequency STFT
   magnitude at each of ``n_ffts`` (Hann window, hop n_fft / 2, bins from ``fmin`` to
@@ -46,7 +46,7 @@ from pydantic import Field, model_validator
 from ..metadata import WAVEFORM_INPUT_NAME
 from .backends import build_bank
 from .base import ClipSet, Params, ServableDetector
-from .spectrum import SpectrumAdaCosDetector, whole_clip_log_spectrum
+from .spectrum import SpectrumAdaCosDetector, _cross_entropy, mixup, whole_clip_log_spectrum
 
 
 # Trained networks by (training set, seed, settings other than the backend's): the
@@ -107,8 +107,7 @@ def _train_step(embedder: keras.Model, head: SubClusterAdaCosHead, optimizer):
     @tf.function(reduce_retracing=True)
     def step(xb, yb):
         with tf.GradientTape() as tape:
-            p = head(embedder(xb, training=True), yb, training=True)
-            loss = -tf.reduce_mean(tf.reduce_sum(yb * tf.math.log(p + 1e-9), axis=-1))
+            loss = _cross_entropy(yb, head(embedder(xb, training=True), yb, training=True))
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss
 
@@ -270,12 +269,7 @@ class MultiSpecAdaCosDetector(ServableDetector):
                         xb = np.stack([waves[j, o : o + crop] for j, o in zip(i, offsets)])
                     else:
                         xb = waves[i]
-                    yb = y[i]
-                    partner = rng.permutation(len(i))
-                    lam = rng.uniform(0, 1, len(i)).astype(np.float32)
-                    lam[rng.uniform(size=len(i)) >= self.params.mixup_probability] = 1.0
-                    xb = lam[:, None] * xb + (1 - lam[:, None]) * xb[partner]
-                    yb = lam[:, None] * yb + (1 - lam[:, None]) * yb[partner]
+                    xb, yb = mixup(xb, y[i], rng, self.params.mixup_probability)
                     losses.append(float(step(tf.constant(xb), tf.constant(yb))))
                 epoch_seconds.append(round(time.monotonic() - t0, 2))
                 board.epoch(m, epoch, losses, self.training.learning_rate)

@@ -88,6 +88,25 @@ def _cross_entropy(y_true, p):
     return -tf.reduce_mean(tf.reduce_sum(y_true * tf.math.log(p + 1e-9), axis=-1))
 
 
+def mixup(xb: np.ndarray, yb: np.ndarray, rng: np.random.Generator, probability: float) -> tuple[np.ndarray, np.ndarray]:
+    """Mixup (Zhang et al., ICLR 2018) of a batch with a shuffled copy of itself: each
+    sample is mixed with probability ``probability``, with a weight drawn from U(0, 1).
+
+    Parameters
+    ----------
+    xb : np.ndarray [shape=(batch, ...), dtype=float32]
+        Inputs.
+    yb : np.ndarray [shape=(batch, n_classes), dtype=float32]
+        One-hot (or already soft) labels, mixed with the same weights.
+    """
+    n = len(xb)
+    partner = rng.permutation(n)
+    lam = rng.uniform(0, 1, n).astype(np.float32)
+    lam[rng.uniform(size=n) >= probability] = 1.0
+    weight = lam.reshape((n,) + (1,) * (xb.ndim - 1))
+    return weight * xb + (1 - weight) * xb[partner], lam[:, None] * yb + (1 - lam[:, None]) * yb[partner]
+
+
 class SpectrumAdaCosDetector(ServableDetector):
     leave_one_out_training_scores = True
     kind = "spectrum_adacos"
@@ -169,11 +188,7 @@ class SpectrumAdaCosDetector(ServableDetector):
                 losses = []
                 for start in range(0, len(order) - batch + 1, batch):
                     i = order[start : start + batch]
-                    partner = rng.permutation(batch)
-                    lam = rng.uniform(0, 1, batch).astype(np.float32)
-                    lam[rng.uniform(size=batch) >= self.params.mixup_probability] = 1.0  # mixup on half the samples
-                    xb = lam[:, None] * x[i] + (1 - lam[:, None]) * x[i][partner]
-                    yb = lam[:, None] * y[i] + (1 - lam[:, None]) * y[i][partner]
+                    xb, yb = mixup(x[i], y[i], rng, self.params.mixup_probability)
                     losses.append(float(classifier.train_on_batch(xb, yb)))
                 board.epoch(m, epoch, losses, self.training.learning_rate)
             bank = self._normalised(embedder.predict(x, batch_size=64, verbose=0))
