@@ -36,7 +36,7 @@ def app(monkeypatch):
 
 @pytest.fixture(scope="module")
 def two_versions(trained_model, tmp_path_factory):
-    """toycar v1: the conv autoencoder trained on the subset; v2: the shipped whole-clip model."""
+    """toycar v1: the conv autoencoder trained on the subset; v2: a copy of the shipped default (a waveform model)."""
     models_dir, result = trained_model
     root = tmp_path_factory.mktemp("two_versions") / "models"
     shutil.copytree(result.version_dir, root / "toycar" / "1")
@@ -102,7 +102,7 @@ def test_model_picker_lists_every_served_version_and_v1_explains_with_heatmaps(a
     at = app(ASD_MODEL_DIR=two_versions)
     picker = at.selectbox(key="model_choice")
     assert picker.options == ["toycar v2 (latest)", "toycar v1"]
-    assert "spectrum_adacos" in _texts(at.sidebar.markdown)
+    assert "multispec_scac" in _texts(at.sidebar.markdown)  # the shipped default's detector
     picker.select_index(1).run()
     assert "conv_ae" in _texts(at.sidebar.markdown) and "version 1" in _texts(at.sidebar.markdown)
     _upload(at, SAMPLE_ANOMALY)

@@ -6,8 +6,8 @@ from .conftest import CONFIG
 
 
 def test_overrides_reach_nested_settings_and_parse_yaml_scalars():
-    config = load_train_config(CONFIG, ["training.epochs=3", "model.filters=[8, 8, 16]", "features.n_mels=64", "name=fan"])
-    assert config.training.epochs == 3 and config.model["filters"] == [8, 8, 16]
+    config = load_train_config(CONFIG, ["training.epochs=3", "model.n_ffts=[512, 2048]", "features.n_mels=64", "name=fan"])
+    assert config.training.epochs == 3 and config.model["n_ffts"] == [512, 2048]
     assert config.feature_config().n_mels == 64 and config.name == "fan"
 
 

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from asd.detectors import detector_class
 from asd.features import FeatureConfig
 from asd.layout import model_names, resolve_version_dir
 from asd.metadata import ModelMetadata
@@ -13,20 +14,32 @@ from asd.metadata import ModelMetadata
 from .conftest import REPO, SHIPPED_MODELS, full_data_or_skip
 
 
-@pytest.mark.parametrize("version", [1, 2])
+# version -> training clips: v3 (the default) on all 805 of ../shared's ToyCar train
+# folder; v1, the conv. autoencoder kept for its error maps, on the 409 it held before
+TRAINING_CLIPS = {3: 805, 1: 409}
+# version -> size budget (MiB): v3's float32 weights are 10 MB (most of it the dense layer
+# of the 4096-point STFT branch); README's "What it costs" says why it pays
+SIZE_BUDGET_MIB = {3: 13, 1: 5}
+
+
+@pytest.mark.parametrize("version", sorted(TRAINING_CLIPS))
 def test_shipped_models_are_small_and_match_the_app_features(version):
     assert model_names(SHIPPED_MODELS) == ["toycar"]
     version_dir = resolve_version_dir(SHIPPED_MODELS, version=version)
     size = sum(p.stat().st_size for p in version_dir.rglob("*") if p.is_file())
-    assert size < 5 * 2**20, f"shipped model is {size / 2**20:.1f} MB"
+    assert size < SIZE_BUDGET_MIB[version] * 2**20, f"shipped model is {size / 2**20:.1f} MiB"
     meta = ModelMetadata.read(version_dir)
     meta.check_features(FeatureConfig())
     assert meta.machine_type == "ToyCar"
-    assert meta.training["n_train_clips"] + meta.training["n_validation_clips"] == 409
+    assert meta.training["n_train_clips"] + meta.training["n_validation_clips"] == TRAINING_CLIPS[version]
     assert meta.evaluation["n_clips"] == 200
 
 
-@pytest.mark.parametrize("version, row_start", [(2, "| **this project"), (1, "| this project, conv. autoencoder (toycar v1")])
+def test_the_default_version_is_the_newest():
+    assert resolve_version_dir(SHIPPED_MODELS).name == str(max(TRAINING_CLIPS))
+
+
+@pytest.mark.parametrize("version, row_start", [(3, "| **this project"), (1, "| this project, conv. autoencoder (toycar v1")])
 def test_shipped_figures_are_what_evaluate_prints_on_the_full_test_set(tmp_path, version, row_start):
     data = full_data_or_skip()
     out = tmp_path / "metrics.json"
@@ -66,8 +79,72 @@ def test_shipped_model_is_the_benchmarks_best_servable_detector_first_seed():
     meta = ModelMetadata.read(resolve_version_dir(SHIPPED_MODELS))
     assert meta.detector == entry["kind"]
     assert meta.training["seed"] == entry["runs"][0]["seed"]
-    assert meta.training["config"]["model"] == entry["settings"]["model"]
+    settings = detector_class(entry["kind"]).Model.model_validate(meta.training["config"]["model"])  # defaults filled in
+    assert settings.model_dump() == entry["settings"]["model"]
     assert {k: meta.training["config"]["training"][k] for k in ("epochs", "batch_size", "learning_rate")} == {
         k: entry["settings"]["training"][k] for k in ("epochs", "batch_size", "learning_rate")}
     for key in ("auc_source", "auc_target", "pauc", "official_score"):
         assert meta.evaluation[key] == pytest.approx(entry["runs"][0][key], abs=1e-6), key
+
+
+def _shipped_half_b(tmp_path):
+    """The default version's per-clip scores on the full test set (asd evaluate), the
+    benchmark report, the model's metadata and the held-apart half B mask."""
+    import csv
+
+    import numpy as np
+
+    from asd.benchmark import held_apart_halves
+
+    data = full_data_or_skip()
+    scores_csv = tmp_path / "scores.csv"
+    run = subprocess.run(
+        [sys.executable, "-m", "asd.cli", "evaluate", "--model", str(SHIPPED_MODELS), "--data", str(data),
+         "--scores-csv", str(scores_csv)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "false-alarm rate" in run.stdout
+    with open(scores_csv) as handle:
+        rows = list(csv.DictReader(handle))
+    labels = np.array([r["label"] == "anomaly" for r in rows])
+    domains = np.array([r["domain"] for r in rows])
+    scores = np.array([float(r["anomaly_score"]) for r in rows])
+    report = json.loads((BENCHMARK / "results.json").read_text())
+    meta = ModelMetadata.read(resolve_version_dir(SHIPPED_MODELS))
+    half_b = ~held_apart_halves(labels, domains, report["held_apart_seed"])
+    return scores[half_b], labels[half_b], domains[half_b], report, meta
+
+
+def test_shipped_threshold_is_the_benchmarks_half_a_choice_and_spares_most_normal_clips(tmp_path):
+    """The default version's threshold margin is the one asd benchmark chose on half A for
+    the first seed of the shipped row; on the held-apart half B the served scores give the
+    false-alarm rates and recall the report (and README) quote, far below the baselines'
+    rule's false alarms, with anomalies still caught."""
+    from asd.benchmark import rates_at
+
+    scores, labels, domains, report, meta = _shipped_half_b(tmp_path)
+    first = report["detectors"][report["selection"]["best_servable"]]["runs"][0]["threshold"]
+    assert meta.threshold["margin"] == pytest.approx(first["margin"], rel=1e-6)
+    assert meta.threshold["value"] == pytest.approx(first["value"], rel=1e-5)
+    served = rates_at(meta.threshold["value"], scores, labels, domains)
+    baseline_rule = rates_at(first["base"], scores, labels, domains)
+    for key in ("false_alarm_rate", "recall"):
+        for domain in ("source", "target"):
+            assert served[key][domain] == pytest.approx(first["half_b"][key][domain], abs=1e-9), (key, domain)
+    for domain in ("source", "target"):
+        assert served["false_alarm_rate"][domain] < baseline_rule["false_alarm_rate"][domain] / 3
+        assert served["recall"][domain] > 0
+
+
+@pytest.mark.xfail(strict=True, reason="source domain: 3 of 25 normal clips of half B flagged (0.12), "
+                   "one over the 10 % the margin was chosen for on half A (README, 'The decision threshold')")
+def test_shipped_threshold_keeps_false_alarms_in_bounds_on_half_b(tmp_path):
+    """The goal: on half B, at most the benchmark's share of each domain's normal clips
+    flagged. Strict: the day it holds, the expected-failure mark must go."""
+    from asd.benchmark import rates_at
+
+    scores, labels, domains, report, meta = _shipped_half_b(tmp_path)
+    rates = rates_at(meta.threshold["value"], scores, labels, domains)
+    for domain, limit in report["max_false_alarms"].items():
+        assert rates["false_alarm_rate"][domain] <= limit, (domain, rates)

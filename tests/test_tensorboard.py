@@ -119,7 +119,7 @@ def test_dense_reconstruction_averages_the_overlapping_vectors():
 
 
 def test_ensemble_trained_in_its_own_loop_logs_loss_lr_and_hparams(waveform_model):
-    """spectrum_adacos (the shipped v2's detector) trains its networks without
+    """spectrum_adacos (a whole-clip detector, the default before multispec_scac) trains its networks without
     keras.Model.fit: per network and epoch its mean training loss, the learning rate,
     and the HParams still reach TensorBoard."""
     (run_dir,) = sorted((waveform_model.parent / "runs" / "toycar").iterdir())
