@@ -230,7 +230,7 @@ class MultiSpecAdaCosDetector(ServableDetector):
         waves = self.waveforms(train)
         key = self._network_key(train)
         if key in _FITTED_NETWORKS:  # same networks, another backend (asd benchmark's rows)
-            self.embedders, info = _FITTED_NETWORKS[key]
+            _, self.embedders, info = _FITTED_NETWORKS[key]
             self._fit_banks(train, waves)
             self._serve = None
             self.info = {**info, "backend": self.params.backend, "n_references": int(len(self.banks[0].refs)),
@@ -287,7 +287,7 @@ class MultiSpecAdaCosDetector(ServableDetector):
                      "backend": self.params.backend, "n_references": int(len(self.banks[0].refs)),
                      "parameters": int(sum(e.count_params() for e in self.embedders)),
                      "epoch_seconds": epoch_seconds, "networks_reused": False, "seconds": round(time.monotonic() - started, 1)}
-        _FITTED_NETWORKS[key] = (self.embedders, self.info)
+        _FITTED_NETWORKS[key] = (train, self.embedders, self.info)  # train kept alive: its id stays its own
         return self
 
     def embed(self, waves: np.ndarray) -> list[np.ndarray]:
