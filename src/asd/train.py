@@ -92,7 +92,7 @@ def train(config: TrainConfig, log=print) -> TrainResult:
     detector.fit(train_set, run_dir=run_dir, log=log)
     metadata = export_fitted(
         detector, train_set, name=config.name, version_dir=version_dir, machine_type=machine_type,
-        data_dir=config.data_dir, settings=config.model_dump(mode="json"), threshold=config.threshold,
+        data_dir=config.data_dir, settings=config.model_dump(mode="json"), threshold_settings=config.threshold,
         evaluate=config.evaluate, run_dir=run_dir, started=started, log=log,
     )
     return TrainResult(version_dir=version_dir, run_dir=run_dir, metadata=metadata)
@@ -107,7 +107,7 @@ def export_fitted(
     machine_type: str,
     data_dir: Path,
     settings: dict,
-    threshold: ThresholdSettings,
+    threshold_settings: ThresholdSettings,
     evaluate: bool,
     run_dir: Path,
     started: float | None = None,
@@ -129,8 +129,7 @@ def export_fitted(
     version = int(version_dir.name)
     serve = detector.serving_function()
     train_scores = detector.training_scores(train_set)  # through the served function (or leave-one-out)
-    settings_threshold = threshold
-    threshold = fit_gamma_threshold(train_scores, settings_threshold.quantile, settings_threshold.margin)
+    threshold = fit_gamma_threshold(train_scores, threshold_settings.quantile, threshold_settings.margin)
     log(f"decision threshold {threshold.value:.4f} (gamma fit of {threshold.n_scores} training clips, "
         f"q={threshold.quantile}, margin {threshold.margin:g})")
     clips = train_set.clips
@@ -145,7 +144,7 @@ def export_fitted(
             **threshold.to_dict(),
             "fitted_on": "all normal training clips (DCASE 2021+ baseline practice)"
             + ("; leave-one-out scores" if detector.leave_one_out_training_scores else ""),
-            "margin_chosen_on": settings_threshold.margin_chosen_on,
+            "margin_chosen_on": threshold_settings.margin_chosen_on,
         },
         normalisation=detector.normalisation(),
         outputs=list(detector.outputs),

@@ -227,15 +227,15 @@ class MultiSpecAdaCosDetector(ServableDetector):
 
     def fit(self, train: ClipSet, run_dir=None, log=print):
         started = time.monotonic()
-        waves = self.waveforms(train)
         key = self._network_key(train)
-        if key in _FITTED_NETWORKS:  # same networks, another backend (asd benchmark's rows)
-            _, self.embedders, info = _FITTED_NETWORKS[key]
-            self._fit_banks(train, waves)
+        if key in _FITTED_NETWORKS:  # same networks and their embeddings, another backend (asd benchmark's rows)
+            _, self.embedders, self._train_embeddings, info = _FITTED_NETWORKS[key]
+            self._fit_banks(train.domains)
             self._serve = None
             self.info = {**info, "backend": self.params.backend, "n_references": int(len(self.banks[0].refs)),
                          "networks_reused": True, "seconds": round(time.monotonic() - started, 1)}
             return self
+        waves = self.waveforms(train)
         names = [a or d for a, d in zip(train.attributes, train.domains)]
         classes = sorted(set(names))
         y = np.eye(len(classes), dtype=np.float32)[[classes.index(n) for n in names]]
@@ -247,7 +247,7 @@ class MultiSpecAdaCosDetector(ServableDetector):
         from ..tensorboard_logging import EnsembleLog
 
         board = EnsembleLog(self, run_dir, self.params.n_models)
-        self.embedders, self.banks, epoch_seconds = [], [], []
+        self.embedders, epoch_seconds = [], []
         for m in range(self.params.n_models):
             seed = self.seed * 100 + m
             keras.utils.set_random_seed(seed)
@@ -281,13 +281,15 @@ class MultiSpecAdaCosDetector(ServableDetector):
                 whole.set_weights(embedder.get_weights())
                 embedder = whole
             self.embedders.append(embedder)
-        self._fit_banks(train, waves)
+        self._train_embeddings = self.embed(waves)
+        self._fit_banks(train.domains)
         self._serve = None
         self.info = {"n_models": self.params.n_models, "epochs": self.training.epochs, "classes": classes,
                      "backend": self.params.backend, "n_references": int(len(self.banks[0].refs)),
                      "parameters": int(sum(e.count_params() for e in self.embedders)),
                      "epoch_seconds": epoch_seconds, "networks_reused": False, "seconds": round(time.monotonic() - started, 1)}
-        _FITTED_NETWORKS[key] = (train, self.embedders, self.info)  # train kept alive: its id stays its own
+        # train kept alive, so that its id stays its own
+        _FITTED_NETWORKS[key] = (train, self.embedders, self._train_embeddings, self.info)
         return self
 
     def embed(self, waves: np.ndarray) -> list[np.ndarray]:
@@ -296,11 +298,10 @@ class MultiSpecAdaCosDetector(ServableDetector):
         return [np.concatenate([e(tf.constant(waves[i : i + 16]), training=False).numpy() for i in range(0, len(waves), 16)])
                 for e in self.embedders]
 
-    def _fit_banks(self, train: ClipSet, waves: np.ndarray) -> None:
-        self._train_embeddings = self.embed(waves)
-        self._train_domains = train.domains
+    def _fit_banks(self, domains: np.ndarray) -> None:
+        """The backend's reference bank of each network from its training-clip embeddings."""
         p = self.params
-        self.banks = [build_bank(e, train.domains, p.backend, smote_ratio=p.smote_ratio, smote_neighbours=p.smote_neighbours,
+        self.banks = [build_bank(e, domains, p.backend, smote_ratio=p.smote_ratio, smote_neighbours=p.smote_neighbours,
                                  kmeans_centres=p.kmeans_centres, rescale_k=p.rescale_k, seed=self.seed)
                       for e in self._train_embeddings]
 
