@@ -10,7 +10,13 @@ combine STFT and whole-clip FFT branches trained with sub-cluster AdaCos (Wilkin
 - Branches, all computed in the graph from the clip's waveform: the linear-frequency STFT
   magnitude at each of ``n_ffts`` (Hann window, hop n_fft / 2, bins from ``fmin`` to
   ``fmax`` Hz; log-compressed here, ``log(|X| + 1e-5)``), and the whole-clip FFT branch of
-  :mod:`asd.detectors.spectrum`.
+  :mod:`asd.detectors.spectrum` (bins up to ``fmax``).
+- Robustness to the recording chain (this project's addition, measured by ``asd
+  robustness``): with ``gain_normalise`` each clip is first scaled to unit RMS after its
+  mean (DC offset) is removed, so a quieter microphone or a louder recorder gives the same
+  features; an ``fmax`` below the Nyquist frequency (e.g. 7000 Hz) leaves out the top of
+  the band, which resamplers' anti-aliasing filters, many microphones and lossy copies cut
+  and where a faint noise floor dominates.
 - Per STFT branch a small 2-D ResNet: batch norm per frequency bin, Conv2D 7x7 stride 2
   + max-pool, then 4 stages (``base_channels`` x 1, 2, 4, 8; stride 2 from the second) of
   ``blocks`` residual blocks with squeeze-excitation (Hu et al., CVPR 2018), max over
@@ -52,6 +58,14 @@ from .spectrum import SpectrumAdaCosDetector, _cross_entropy, mixup, whole_clip_
 # Trained networks by (training set, seed, settings other than the backend's): the
 # benchmark's rows that differ only in their scoring backend share one training per seed.
 _FITTED_NETWORKS: dict[tuple, tuple] = {}
+
+
+def unit_rms(waveforms: tf.Tensor) -> tf.Tensor:
+    """Waveforms ``(batch, n_samples)`` float32 with each row's mean removed and scaled to
+    unit RMS: the features then ignore the recording's gain and DC offset. Silent rows
+    (refused on loading, :data:`asd.audio.SILENCE_PEAK_DBFS`) stay finite."""
+    centred = waveforms - tf.reduce_mean(waveforms, axis=1, keepdims=True)
+    return centred * tf.math.rsqrt(tf.reduce_mean(tf.square(centred), axis=1, keepdims=True) + 1e-12)
 
 
 class SqueezeExcitation(layers.Layer):
@@ -127,7 +141,8 @@ class MultiSpecAdaCosDetector(ServableDetector):
         crop_seconds: float | None = Field(default=None, gt=0, description="train on random crops this long (None: whole clips)")
         n_ffts: list[int] = Field(default=[256, 1024, 4096], min_length=0)
         fmin: float = Field(default=200.0, ge=0)
-        fmax: float = Field(default=8000.0, gt=0)
+        fmax: float = Field(default=8000.0, gt=0, description="upper band edge (Hz) of every branch")
+        gain_normalise: bool = Field(default=False, description="remove each clip's mean and scale it to unit RMS first")
         fft_branch: bool = True
         bin_group: int = Field(default=4, gt=0, description="FFT branch: bins averaged per group")
         base_channels: int = Field(default=16, gt=0)
@@ -194,7 +209,9 @@ class MultiSpecAdaCosDetector(ServableDetector):
 
     def _fft_branch(self, waveform, n_samples: int):
         group = self.params.bin_group
-        x = layers.Lambda(lambda w: whole_clip_log_spectrum(w, n_samples, group)[..., None], name="fft")(waveform)
+        # group i starts at i * group * sample_rate / n_samples Hz
+        max_bins = int(self.params.fmax * n_samples / (group * self.features.sample_rate))
+        x = layers.Lambda(lambda w: whole_clip_log_spectrum(w, n_samples, group, max_bins)[..., None], name="fft")(waveform)
         x = layers.BatchNormalization(axis=-1)(x)
         for filters, kernel, stride in zip((32, 32, 64), (64, 32, 16), (16, 4, 4)):
             x = layers.Conv1D(filters, kernel, strides=stride, use_bias=False)(x)
@@ -213,9 +230,10 @@ class MultiSpecAdaCosDetector(ServableDetector):
         if not self.params.n_ffts and not self.params.fft_branch:
             raise ValueError("multispec_scac needs at least one branch (n_ffts or fft_branch)")
         waveform = keras.Input((n_samples,), name=WAVEFORM_INPUT_NAME)
-        parts = [self._stft_branch(waveform, n) for n in self.params.n_ffts]
+        x = layers.Lambda(unit_rms, name="unit_rms")(waveform) if self.params.gain_normalise else waveform
+        parts = [self._stft_branch(x, n) for n in self.params.n_ffts]
         if self.params.fft_branch:
-            parts.append(self._fft_branch(waveform, n_samples))
+            parts.append(self._fft_branch(x, n_samples))
         embedding = layers.Concatenate(name="embedding")(parts) if len(parts) > 1 else parts[0]
         return keras.Model(waveform, embedding, name="multispec_embedder")
 

@@ -42,7 +42,7 @@ from ..metadata import WAVEFORM_INPUT_NAME
 from .base import ClipSet, Params, ServableDetector
 
 
-def whole_clip_log_spectrum(waveforms, n_samples: int, bin_group: int) -> tf.Tensor:
+def whole_clip_log_spectrum(waveforms, n_samples: int, bin_group: int, max_bins: int | None = None) -> tf.Tensor:
     """Log magnitude spectrum of whole clips, clip mean removed (module docstring).
 
     Parameters
@@ -53,13 +53,19 @@ def whole_clip_log_spectrum(waveforms, n_samples: int, bin_group: int) -> tf.Ten
         FFT length (the clip's length: 1 / clip_seconds Hz per bin).
     bin_group : int
         Bins averaged per group (up to half the sample rate).
+    max_bins : int, optional
+        Keep only the first ``max_bins`` groups (the band below a frequency limit: group
+        ``i`` starts at ``i * bin_group * sample_rate / n_samples`` Hz). Default: all.
 
     Returns
     -------
-    tf.Tensor [shape=(batch, (n_samples // 2) // bin_group), dtype=float32]
-        ``log(mean |rfft| + 1e-8)`` minus each clip's mean over bins (removes the gain).
+    tf.Tensor [shape=(batch, n_bins), dtype=float32]
+        ``n_bins = min((n_samples // 2) // bin_group, max_bins)``; ``log(mean |rfft| +
+        1e-8)`` minus each clip's mean over those bins (removes the gain).
     """
     n_bins = (n_samples // 2) // bin_group
+    if max_bins is not None:
+        n_bins = min(n_bins, max_bins)
     magnitude = tf.abs(tf.signal.rfft(waveforms, fft_length=[n_samples]))[:, : n_bins * bin_group]
     log = tf.math.log(tf.reduce_mean(tf.reshape(magnitude, [-1, n_bins, bin_group]), axis=2) + 1e-8)
     return log - tf.reduce_mean(log, axis=1, keepdims=True)
