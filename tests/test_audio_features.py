@@ -88,11 +88,45 @@ def test_last_patch_is_flush_with_the_end_when_hop_does_not_divide():
 def test_stereo_is_downmixed_and_other_rates_resampled_with_notes():
     mono = load_audio(SAMPLE_NORMAL, 16000).samples
     stereo = load_audio(_wav_bytes(np.stack([mono, mono], axis=1), 16000), 16000, name="st.wav")
-    assert stereo.notes == ["downmixed 2 channels to mono"]
+    assert stereo.notes == ["downmixed 2 channels to mono (their average; one channel can be chosen instead)"]
     np.testing.assert_allclose(stereo.samples, mono, atol=1e-4)
     resampled = load_audio(_wav_bytes(mono[:48000], 16000), 44100, name="r.wav")
     assert resampled.notes[0].startswith("resampled from 16000 Hz to 44100 Hz; ")
     assert len(resampled.samples) == 132300
+
+
+def _container(samples: np.ndarray, rate: int, fmt: str, subtype: str) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, rate, format=fmt, subtype=subtype)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt, subtype", [("WAVEX", "PCM_16"), ("WAVEX", "PCM_24"), ("WAVEX", "FLOAT"), ("RF64", "PCM_24"),
+                                          ("W64", "PCM_32"), ("WAV", "PCM_U8"), ("WAV", "PCM_24"), ("WAV", "DOUBLE")])
+def test_every_wav_container_and_depth_libsndfile_reads_is_accepted(fmt, subtype):
+    mono = load_audio(SAMPLE_NORMAL, 16000).samples
+    clip = load_audio(_container(mono, 16000, fmt, subtype), 16000, name=f"x.{fmt}")
+    assert clip.notes == []
+    # the same samples, to within the format's resolution (8-bit: 1/128)
+    np.testing.assert_allclose(clip.samples, mono, atol=1 / 100 if subtype == "PCM_U8" else 1e-4)
+
+
+def test_an_8_channel_wavex_is_downmixed_or_one_channel_is_picked():
+    """A multi-channel recorder's file (WAVE_FORMAT_EXTENSIBLE, as MIMII writes): 8 real clips."""
+    import glob
+
+    paths = sorted(glob.glob(str(SUBSET / "test" / "*.flac")))[:8]
+    channels = np.stack([load_audio(p, 16000).samples[:16000 * 10] for p in paths], axis=1)
+    data = _container(channels, 16000, "WAVEX", "PCM_16")
+    assert sf.info(io.BytesIO(data)).format == "WAVEX"
+    mixed = load_audio(data, 16000, name="rec.wav")
+    assert mixed.notes == ["downmixed 8 channels to mono (their average; one channel can be chosen instead)"]
+    np.testing.assert_allclose(mixed.samples, channels.mean(axis=1), atol=1e-4)
+    third = load_audio(data, 16000, name="rec.wav", channel=3)
+    assert third.notes == ["used channel 3 of 8"]
+    np.testing.assert_allclose(third.samples, channels[:, 2], atol=1e-4)
+    with pytest.raises(AudioError, match="channel 9 was asked for, but the file has 8 channels"):
+        load_audio(data, 16000, name="rec.wav", channel=9)
 
 
 def test_silence_is_refused_but_a_quiet_clip_is_not_and_long_clips_are_cut_with_a_note():

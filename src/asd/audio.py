@@ -17,7 +17,9 @@ from typing import BinaryIO
 import numpy as np
 import soundfile as sf
 
-SUPPORTED_FORMATS = ("WAV", "FLAC")
+# libsndfile's names of what users call WAV: plain RIFF WAVE, WAVE_FORMAT_EXTENSIBLE
+# (multi-channel recorders, MIMII), RF64 and Sony Wave64 (files over 4 GB), and FLAC.
+SUPPORTED_FORMATS = ("WAV", "WAVEX", "RF64", "W64", "FLAC")
 FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")  # libsndfile's subtypes that store IEEE floats
 # A clip whose loudest sample is below -80 dBFS is silence (a 16-bit recording's last bit
 # is -90 dBFS; the DCASE 2023 ToyCar clips peak at -18 dBFS or louder): a muted or
@@ -83,8 +85,12 @@ def load_audio(
     sample_rate: int,
     name: str | None = None,
     max_seconds: float | None = None,
+    channel: int | None = None,
 ) -> AudioClip:
     """Decode a WAV or FLAC clip to mono float32 at ``sample_rate``.
+
+    Every WAV libsndfile reads is accepted: WAVE_FORMAT_EXTENSIBLE, RF64 and Wave64
+    containers, integer PCM of any depth and 32/64-bit float.
 
     Parameters
     ----------
@@ -110,7 +116,7 @@ def load_audio(
     AudioError
         Empty file; not a WAV/FLAC file (e.g. text renamed ``.wav``); a truncated file
         (header declares more samples than present); no samples; NaN or Inf samples;
-        silence (peak below :data:`SILENCE_PEAK_DBFS`).
+        silence (peak below :data:`SILENCE_PEAK_DBFS`); ``channel`` not in the file.
     FileNotFoundError
         If ``source`` is a path that does not exist.
     """
@@ -146,6 +152,14 @@ def load_audio(
     if info.subtype in FLOAT_SUBTYPES and not np.isfinite(samples).all():
         raise AudioError(f"{name}: the audio holds NaN or infinite sample values")
     notes = []
+    n_channels = samples.shape[1]
+    if channel is not None:
+        if not 1 <= channel <= n_channels:
+            raise AudioError(f"{name}: channel {channel} was asked for, but the file has {n_channels} "
+                             f"channel{'s' if n_channels > 1 else ''} (numbered from 1)")
+        samples = samples[:, channel - 1 : channel]
+        if n_channels > 1:
+            notes.append(f"used channel {channel} of {n_channels}")
     if max_seconds is not None and len(samples) > max_seconds * rate:
         notes.append(f"checked the first {max_seconds:g} s of {len(samples) / rate:.1f} s (longer clips are cut)")
         samples = samples[: int(max_seconds * rate)]
@@ -157,7 +171,7 @@ def load_audio(
             "check that the microphone is connected and not muted"
         )
     if samples.shape[1] > 1:
-        notes.append(f"downmixed {samples.shape[1]} channels to mono")
+        notes.append(f"downmixed {samples.shape[1]} channels to mono (their average; one channel can be chosen instead)")
     mono = samples[:, 0] if samples.shape[1] == 1 else samples.mean(axis=1, dtype=np.float32)
     mono = np.ascontiguousarray(mono)
     if rate != sample_rate:
@@ -174,6 +188,15 @@ def load_audio(
             f"anomaly: record at {sample_rate} Hz for the most reliable verdict"
         )
     return AudioClip(samples=mono, sample_rate=sample_rate, name=name, notes=notes)
+
+
+def channel_count(data: bytes) -> int | None:
+    """Channels of a clip given as bytes, from its header; None if libsndfile cannot read it
+    (:func:`load_audio` then says why)."""
+    try:
+        return sf.info(io.BytesIO(data)).channels
+    except (sf.LibsndfileError, RuntimeError, TypeError):
+        return None
 
 
 def _short(exc: Exception) -> str:
