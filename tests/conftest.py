@@ -26,6 +26,8 @@ SAMPLE_ANOMALY = SAMPLES / "section_00_source_test_anomaly_0001_car_B1_spd_31V_m
 SAMPLE_FLAGGED = SAMPLES / "section_00_source_test_anomaly_0026_car_C2_spd_31V_mic_1.wav"
 # The same recording as SAMPLE_ANOMALY, as the dataset's FLAC (bit-identical samples).
 SUBSET_FLAC_OF_SAMPLE = SUBSET / "test" / "section_00_source_test_anomaly_0001_car_B1_spd_31V_mic_1.flac"
+# Real clips of machines a ToyCar model never heard (tests/data/README.md)
+OTHER_MACHINE_CLIPS = sorted((REPO / "tests" / "data" / "other_machine_types").glob("*/*.flac"))
 
 
 @pytest.fixture

@@ -50,7 +50,7 @@ def _texts(elements):
 
 
 def _verdicts(at):
-    return [e.value for e in [*at.error, *at.success] if e.value.startswith("Verdict")]
+    return [e.value for e in [*at.error, *at.warning, *at.success] if e.value.startswith("Verdict")]
 
 
 def _upload(at, *paths):

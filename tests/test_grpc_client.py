@@ -14,7 +14,7 @@ import pytest
 from asd.inference import Detector
 from asd.serving import ServingError, backend_from_env, make_backend
 
-from .conftest import SAMPLE_ANOMALY, SAMPLE_NORMAL, free_port
+from .conftest import OTHER_MACHINE_CLIPS, SAMPLE_ANOMALY, SAMPLE_NORMAL, free_port
 
 
 @pytest.fixture(scope="module")
@@ -308,8 +308,10 @@ def test_waveform_input_models_are_served_through_grpc_like_in_process(waveform_
         remote = Detector(GrpcBackend(grpc_server.target, "toycar"))
         rest = Detector(RestBackend(rest_server.url, "toycar"))
         assert remote.metadata.to_dict() == local.metadata.to_dict()
-        for clip in (SAMPLE_NORMAL, SAMPLE_ANOMALY):
+        for clip in (SAMPLE_NORMAL, SAMPLE_ANOMALY, *OTHER_MACHINE_CLIPS):
             a, b, c = remote.score_file(clip), local.score_file(clip), rest.score_file(clip)
             assert a.score == pytest.approx(b.score, rel=1e-6) and a.verdict == b.verdict
-            assert a.score == pytest.approx(c.score, rel=1e-5) and a.verdict == c.verdict
+            assert a.score == pytest.approx(c.score, rel=1e-4) and a.verdict == c.verdict  # REST: 7 decimals
+            assert a.unfamiliarity == pytest.approx(b.unfamiliarity, rel=1e-6)
+            assert (a.verdict == "unfamiliar") == (clip in OTHER_MACHINE_CLIPS), (clip.name, a.unfamiliarity)
             assert a.reconstruction is None and a.frame_error.shape == b.logmel.shape[1:]

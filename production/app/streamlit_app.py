@@ -22,11 +22,12 @@ import pandas as pd
 import streamlit as st
 
 from asd.app_figures import error_over_time, score_gauge, spectrogram_heatmap
-from asd.audio import AudioError, load_audio
+from asd.audio import AudioError, channel_count, load_audio
 from asd.features import ClipTooShortError
 from asd.inference import ClipFeatures, ClipResult, Detector
 from asd.layout import ModelNotFoundError
 from asd.metadata import ModelMismatchError
+from asd.scoring import ANOMALOUS, UNFAMILIAR, UNFAMILIAR_ADVICE
 from asd.serving import ServingError
 from asd.serving.catalog import Deployment, ModelChoice
 
@@ -60,9 +61,10 @@ def get_detector(_deployment: Deployment, name: str, version: int, deployment_ke
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
-def prepare_clip(data: bytes, name: str, model_key: str, _detector: Detector) -> ClipFeatures:
-    """Decode and compute a clip's features once per model (cached by content)."""
-    clip = load_audio(data, _detector.features.sample_rate, name=name, max_seconds=MAX_CLIP_SECONDS)
+def prepare_clip(data: bytes, name: str, model_key: str, channel: int | None, _detector: Detector) -> ClipFeatures:
+    """Decode (one ``channel``, 1 = first, or all averaged) and compute a clip's features
+    once per model (cached by content)."""
+    clip = load_audio(data, _detector.features.sample_rate, name=name, max_seconds=MAX_CLIP_SECONDS, channel=channel)
     return _detector.prepare(clip)
 
 
@@ -86,6 +88,7 @@ def show_model(detector: Detector) -> None:
             f"machine type: {meta.machine_type}  \n"
             f"detector: {meta.detector}  \n"
             f"decision threshold: {detector.threshold:.4f}"
+            + (f"  \nunfamiliar above: {detector.unfamiliar_threshold:.4f}" if detector.unfamiliar_threshold else "")
         )
         figures = meta.evaluation
         if figures:
@@ -170,6 +173,20 @@ def choose_clips(sample_rate: int) -> tuple[list[tuple[str, bytes]], list[str]]:
     return _unique_names(clips), refused
 
 
+def pick_channel(clips: list[tuple[str, bytes]]) -> int | None:
+    """For multi-channel files (a recorder's 8 microphones, MIMII): which channel to check,
+    or None for the channels' average. Shown only when such a file is given."""
+    most = max([channel_count(data) or 1 for _, data in clips], default=1)
+    if most < 2:
+        return None
+    return st.selectbox(
+        "Channel of multi-channel files", [None, *range(1, most + 1)], key="channel",
+        format_func=lambda c: "all channels, averaged" if c is None else f"channel {c}",
+        help="A multi-channel recorder holds one microphone per channel: check the one nearest the machine, "
+             "or their average.",
+    )
+
+
 def _unique_names(clips: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
     """Clips named apart (two uploads may share a file name): ``a.wav``, ``a.wav (2)``."""
     seen: dict[str, int] = {}
@@ -183,19 +200,20 @@ def _unique_names(clips: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
 # -- scoring ------------------------------------------------------------------------------
 
 
-def score_clips(detector: Detector, model_key: str, clips: list[tuple[str, bytes]]) -> dict[str, ClipResult | str]:
+def score_clips(detector: Detector, model_key: str, clips: list[tuple[str, bytes]],
+                channel: int | None = None) -> dict[str, ClipResult | str]:
     """Score each clip (results kept per session, so the page can redraw without asking
     the server again); a clip that cannot be checked gets its message instead."""
     store = st.session_state.setdefault("results", {})
     outcomes: dict[str, ClipResult | str] = {}
-    keyed = [((model_key, name, hashlib.sha1(data).hexdigest()), name, data) for name, data in clips]
+    keyed = [((model_key, name, channel, hashlib.sha1(data).hexdigest()), name, data) for name, data in clips]
     todo = sum(key not in store for key, _, _ in keyed)
     progress = st.progress(0.0, text=f"Scoring {todo} clip(s) ...") if todo > 1 else None
     done = 0
     for key, name, data in keyed:
         if key not in store:
             try:
-                result = detector.score_features(prepare_clip(data, name, model_key, detector))
+                result = detector.score_features(prepare_clip(data, name, model_key, channel, detector))
                 st.session_state["last_request"] = {"ms": result.backend_seconds * 1000, "model": model_key, "clip": name}
                 store[key] = result
             except CLIP_ERRORS as exc:
@@ -231,8 +249,10 @@ def results_table(outcomes: dict[str, ClipResult | str]) -> pd.DataFrame:
 
 def show_table(outcomes: dict[str, ClipResult | str], model_key: str) -> None:
     table = results_table(outcomes)
-    flagged = int((table["verdict"] == "anomalous").sum())
-    st.subheader(f"Results: {flagged} of {len(table)} clips anomalous")
+    flagged = int((table["verdict"] == ANOMALOUS).sum())
+    unfamiliar = int((table["verdict"] == UNFAMILIAR).sum())
+    st.subheader(f"Results: {flagged} of {len(table)} clips anomalous"
+                 + (f", {unfamiliar} unfamiliar" if unfamiliar else ""))
     st.caption("Click a column header to sort.")
     st.dataframe(table, hide_index=True, width="stretch")
     st.download_button("Download as CSV", table.to_csv(index=False).encode(), file_name=f"asd_results_{model_key}.csv",
@@ -243,7 +263,10 @@ def show_table(outcomes: dict[str, ClipResult | str], model_key: str) -> None:
 
 
 def verdict_sentence(result: ClipResult) -> str:
-    anomalous = result.verdict == "anomalous"
+    if result.verdict == UNFAMILIAR:
+        return (f"**{result.name}** is **unfamiliar**: {UNFAMILIAR_ADVICE}. (Its distance to the nearest training "
+                f"clip, {result.unfamiliarity:.3f}, is above the model's limit {result.unfamiliar_threshold:.3f}.)")
+    anomalous = result.verdict == ANOMALOUS
     relative = abs(result.margin) / result.threshold * 100 if result.threshold else float("nan")
     return (f"**{result.name}** sounds **{result.verdict}**: its anomaly score {result.score:.4f} is "
             f"{abs(result.margin):.4f} ({relative:.0f} %) {'above' if anomalous else 'below'} the decision "
@@ -255,7 +278,8 @@ def show_clip(result: ClipResult, data: bytes, detector: Detector) -> None:
     st.audio(data)
     for note in result.notes:
         st.info(f"Note: {note}.")
-    (st.error if result.verdict == "anomalous" else st.success)("Verdict: " + verdict_sentence(result))
+    show = {ANOMALOUS: st.error, UNFAMILIAR: st.warning}.get(result.verdict, st.success)
+    show("Verdict: " + verdict_sentence(result))
     gauge, numbers = st.columns([2, 1])
     gauge.plotly_chart(score_gauge(result), width="stretch")
     numbers.metric("Anomaly score", f"{result.score:.4f}")
@@ -320,7 +344,8 @@ def main() -> None:
     clips, refused = choose_clips(detector.features.sample_rate)
     for message in refused:
         st.error(f"This file cannot be checked: {message}")
-    outcomes = score_clips(detector, model_key, clips) if clips else {}
+    channel = pick_channel(clips)
+    outcomes = score_clips(detector, model_key, clips, channel) if clips else {}
     show_status(deployment, detector)
     if not outcomes:
         if not refused:

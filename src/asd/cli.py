@@ -19,6 +19,7 @@ from .data import FileNameError
 from .features import ClipTooShortError
 from .layout import ModelNotFoundError
 from .metadata import ModelMismatchError
+from .scoring import UNFAMILIAR, UNFAMILIAR_ADVICE
 from .serving import ServingError
 
 EXIT_BAD_INPUT = 2
@@ -95,13 +96,15 @@ def _format_metrics(metrics: dict) -> str:
         f"  at threshold: precision {fmt(metrics['precision'])}  recall {fmt(metrics['recall'])}  "
         f"F1 {fmt(metrics['f1'])}  ({metrics['n_flagged']} of {metrics['n_clips']} flagged)",
     ]
+    if "verdicts" in metrics:
+        lines.append("  verdicts: " + ", ".join(f"{n} {v}" for v, n in metrics["verdicts"].items()))
     for section, values in metrics["sections"].items():
         for domain, prf in values["per_domain"].items():
             lines.append(
                 f"  section {section} {domain}: false-alarm rate {fmt(prf['false_alarm_rate'])} "
                 f"({prf['n_normal_flagged']} of {prf['n_normal']} normal flagged)  recall {fmt(prf['recall'])} "
                 f"({prf['n_anomaly_flagged']} of {prf['n_anomaly']} anomalous flagged)  precision {fmt(prf['precision'])}  "
-                f"F1 {fmt(prf['f1'])}"
+                f"F1 {fmt(prf['f1'])}" + (f"  unfamiliar {prf['n_unfamiliar']}" if "n_unfamiliar" in prf else "")
             )
     return "\n".join(lines)
 
@@ -116,15 +119,16 @@ def cmd_evaluate(args) -> int:
         Path(args.json).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
         print(f"metrics written to {args.json}")
     if args.scores_csv:
-        write_scores_csv(rows, detector.threshold, args.scores_csv)
+        write_scores_csv(rows, args.scores_csv)
         print(f"per-clip scores written to {args.scores_csv}")
     return 0
 
 
 def cmd_score(args) -> int:
     detector = _detector(args)
-    failed = 0
-    for file, outcome in detector.score_files(args.files, workers=args.workers, batch_size=args.batch_size):
+    failed, unfamiliar = 0, 0
+    for file, outcome in detector.score_files(args.files, workers=args.workers, batch_size=args.batch_size,
+                                              channel=args.channel):
         if isinstance(outcome, AudioError):  # its message starts with the file name
             message = str(outcome)
         elif isinstance(outcome, ClipTooShortError):
@@ -134,10 +138,27 @@ def cmd_score(args) -> int:
         else:
             notes = f"\t({'; '.join(outcome.notes)})" if outcome.notes else ""
             print(f"{file}\t{outcome.score:.6f}\t{outcome.threshold:.6f}\t{outcome.verdict}{notes}", flush=True)
+            unfamiliar += outcome.verdict == UNFAMILIAR
             continue
         failed += 1
         print(f"asd: error: {message}", file=sys.stderr)
+    if unfamiliar:
+        print(f"asd: {unfamiliar} clip(s) unfamiliar: {UNFAMILIAR_ADVICE}", file=sys.stderr)
     return EXIT_BAD_INPUT if failed else 0
+
+
+def cmd_robustness(args) -> int:
+    from .robustness import run_robustness
+
+    detector = _detector(args)
+    names = [n.strip() for n in args.perturbations.split(",") if n.strip()] if args.perturbations else None
+    report = run_robustness(detector, args.data, args.out, names=names)
+    print((Path(args.out) / "robustness.md").read_text(), end="")
+    print(f"report: {Path(args.out) / 'robustness.md'}, {Path(args.out) / 'robustness.json'}")
+    missed = [r["perturbation"] for r in report["rows"] if r["meets_targets"] is False]
+    if missed:
+        print(f"asd robustness: targets missed under {', '.join(missed)}", file=sys.stderr)
+    return 0
 
 
 DEFAULT_BENCHMARK_CONFIG = "development/configs/benchmark.yaml"
@@ -208,6 +229,17 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a clear usage error otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not 1 or more")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="asd", description="Unsupervised anomalous sound detection for machine condition monitoring."
@@ -235,7 +267,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8,
                    help="clips per model request at most, of those ready when the model is free (default 8; "
                         "never more than 512 input rows, TF Serving's max_batch_size)")
+    p.add_argument("--channel", type=_positive_int, metavar="N",
+                   help="score channel N (1 = first) of multi-channel files instead of their average")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("robustness", help="score the labelled test clips clean and through the recording chain "
+                       "(resampling, gain, bit depth, DC, noise, low-pass); write a report")
+    _add_backend_options(p)
+    p.add_argument("--data", required=True, help="machine-type folder with test/ (e.g. dev_data/ToyCar)")
+    p.add_argument("--out", required=True, help="folder for robustness.md and robustness.json")
+    p.add_argument("--perturbations", metavar="A,B", help="only these (clean always runs); default: all")
+    p.set_defaults(func=cmd_robustness)
 
     p = sub.add_parser("benchmark", help="train and evaluate several detectors on the same split; write a table and plots")
     p.add_argument("--data", required=True, help="machine-type folder with train/ and labelled test/")

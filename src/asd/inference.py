@@ -60,7 +60,8 @@ class ClipResult:
     threshold : float
         The model's decision threshold (same units).
     verdict : str
-        ``"normal"`` or ``"anomalous"``.
+        ``"normal"``, ``"anomalous"``, or ``"unfamiliar"`` (unlike every training clip: the
+        score says nothing; :mod:`asd.familiarity`).
     logmel : np.ndarray [shape=(n_mels, n_frames), dtype=float32]
         The clip's log-mel spectrogram (dB).
     reconstruction : np.ndarray [shape=(n_mels, n_frames), dtype=float32] or None
@@ -77,6 +78,11 @@ class ClipResult:
     backend_seconds : float
         Wall time of the model request (the backend's ``predict``: for a server, the
         round trip), in seconds.
+    unfamiliarity : float or None
+        Distance to the nearest training clip (:mod:`asd.familiarity`); None for models
+        without it.
+    unfamiliar_threshold : float or None
+        Above it the verdict is ``"unfamiliar"``.
     """
 
     name: str
@@ -90,6 +96,8 @@ class ClipResult:
     frame_seconds: float
     notes: list[str] = field(default_factory=list)
     backend_seconds: float = 0.0
+    unfamiliarity: float | None = None
+    unfamiliar_threshold: float | None = None
 
     @property
     def margin(self) -> float:
@@ -180,6 +188,7 @@ class Detector:
         self.metadata = backend.metadata
         self.metadata.check_features(self.features)
         self.threshold = self.metadata.threshold_value
+        self.unfamiliar_threshold = self.metadata.unfamiliar_threshold
 
     def prepare(self, clip: AudioClip) -> "ClipFeatures":
         """Compute what the model takes from a decoded clip (no model call; cacheable).
@@ -231,16 +240,19 @@ class Detector:
         for prepared, start, end in zip(batch, np.concatenate([[0], ends[:-1]]), ends):
             rows = slice(int(start), int(end))
             reconstruction = None if prediction.reconstruction is None else prediction.reconstruction[rows]
+            unfamiliarity = None if prediction.unfamiliarity is None else prediction.unfamiliarity[rows]
             results.append(
                 self._result(prepared, prediction.patch_error[rows], prediction.frame_error[rows], reconstruction,
-                             backend_seconds)
+                             backend_seconds, unfamiliarity)
             )
         return results
 
-    def _result(self, prepared, patch_error, frame_error, reconstruction, backend_seconds) -> ClipResult:
+    def _result(self, prepared, patch_error, frame_error, reconstruction, backend_seconds, unfamiliarity) -> ClipResult:
         """A clip's result from its rows of the model's outputs."""
         n_frames = prepared.logmel.shape[1]
         score = clip_score(patch_error)
+        # a waveform model's one row per clip; None when the model has no such output
+        unfamiliarity = None if unfamiliarity is None else float(np.max(unfamiliarity))
         if self.metadata.input == WAVEFORM_INPUT_NAME:
             frames = np.full(n_frames, score, np.float32)  # one score for the whole clip
         else:
@@ -249,7 +261,7 @@ class Detector:
             name=prepared.name,
             score=score,
             threshold=self.threshold,
-            verdict=verdict(score, self.threshold),
+            verdict=verdict(score, self.threshold, unfamiliarity, self.unfamiliar_threshold),
             logmel=prepared.logmel,
             reconstruction=None if reconstruction is None else patches_to_frames(reconstruction, n_frames, self.features),
             frame_error=frames,
@@ -257,6 +269,8 @@ class Detector:
             frame_seconds=self.features.frame_seconds,
             notes=list(prepared.notes),
             backend_seconds=backend_seconds,
+            unfamiliarity=unfamiliarity,
+            unfamiliar_threshold=self.unfamiliar_threshold,
         )
 
     def score_clip(self, clip: AudioClip) -> ClipResult:
@@ -271,17 +285,20 @@ class Detector:
         """
         return self.score_features(self.prepare(clip))
 
-    def score_file(self, source: str | Path | bytes | BinaryIO, name: str | None = None) -> ClipResult:
-        """Load (see :func:`asd.audio.load_audio`) and score one file.
+    def score_file(self, source: str | Path | bytes | BinaryIO, name: str | None = None,
+                   channel: int | None = None) -> ClipResult:
+        """Load (see :func:`asd.audio.load_audio`; ``channel`` picks one of a multi-channel
+        file's, 1 = first) and score one file.
 
         Raises
         ------
         asd.audio.AudioError, asd.features.ClipTooShortError, asd.serving.ServingError
         """
-        return self.score_clip(load_audio(source, self.features.sample_rate, name=name))
+        return self.score_clip(load_audio(source, self.features.sample_rate, name=name, channel=channel))
 
     def score_files(
-        self, paths: Iterable[str | Path], workers: int = 2, batch_size: int = 8, max_rows: int = MAX_REQUEST_ROWS
+        self, paths: Iterable[str | Path], workers: int = 2, batch_size: int = 8, max_rows: int = MAX_REQUEST_ROWS,
+        channel: int | None = None,
     ) -> Iterator[tuple[str | Path, ClipResult | Exception]]:
         """Score many files, in order: decoding and log-mel run ahead in threads, and the
         clips ready when the model is free go to it in one request.
@@ -303,6 +320,9 @@ class Detector:
         max_rows : int
             Input rows (patches, or waveforms) per request at most: clips are not
             batched beyond it (a clip larger on its own still goes whole).
+        channel : int, optional
+            Score only this channel (1 = first) of multi-channel files; default their
+            average (:func:`asd.audio.load_audio`).
 
         Yields
         ------
@@ -318,7 +338,7 @@ class Detector:
         """
 
         def prepare_file(path):
-            return self.prepare(load_audio(Path(path), self.features.sample_rate, name=str(path)))
+            return self.prepare(load_audio(Path(path), self.features.sample_rate, name=str(path), channel=channel))
 
         batch_size = max(1, batch_size)
         paths = iter(paths)

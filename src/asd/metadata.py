@@ -25,7 +25,9 @@ INPUT_NAME = "logmel_patches"
 # float32 in [-1, 1] at the feature sample rate (whole-clip spectrum detectors).
 WAVEFORM_INPUT_NAME = "waveform"
 # serving_default outputs: autoencoders give all three; other detectors the last two.
-OUTPUT_NAMES = ("reconstruction", "patch_error", "frame_error")
+OUTPUT_NAMES = ("reconstruction", "patch_error", "frame_error", "unfamiliarity")
+# What a model exported without a signature record gives (asd's first models).
+DEFAULT_OUTPUT_NAMES = ("reconstruction", "patch_error", "frame_error")
 REQUIRED_OUTPUT_NAMES = ("patch_error", "frame_error")
 METADATA_INPUT_NAME = "unused"
 METADATA_OUTPUT_NAME = "metadata_json"
@@ -70,6 +72,9 @@ class ModelMetadata:
         :data:`WAVEFORM_INPUT_NAME` (the clip's samples, ``input_samples`` of them).
     input_samples : int or None
         Samples per clip of a waveform-input model (clips are cut or zero-padded to it).
+    unfamiliar : dict or None
+        The unfamiliar threshold (``threshold``) on the ``unfamiliarity`` output and how it
+        was fitted (:mod:`asd.familiarity`); None for models without that output.
     """
 
     name: str
@@ -81,15 +86,21 @@ class ModelMetadata:
     normalisation: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
     evaluation: dict | None = None
-    outputs: list[str] = field(default_factory=lambda: list(OUTPUT_NAMES))
+    outputs: list[str] = field(default_factory=lambda: list(DEFAULT_OUTPUT_NAMES))
     score_unit: str = "reconstruction error (MSE, standardised log-mel)"
     input: str = INPUT_NAME
     input_samples: int | None = None
+    unfamiliar: dict | None = None
     format: str = FORMAT
 
     @property
     def threshold_value(self) -> float:
         return float(self.threshold["value"])
+
+    @property
+    def unfamiliar_threshold(self) -> float | None:
+        """The ``unfamiliarity`` above which a clip is ``unfamiliar``; None if the model has none."""
+        return float(self.unfamiliar["threshold"]) if self.unfamiliar else None
 
     def to_dict(self) -> dict:
         return {
@@ -100,6 +111,7 @@ class ModelMetadata:
             "detector": self.detector,
             "features": self.features.to_dict(),
             "threshold": self.threshold,
+            **({"unfamiliar": self.unfamiliar} if self.unfamiliar else {}),
             "score_unit": self.score_unit,
             "signature": {
                 "name": SERVING_SIGNATURE,
@@ -142,10 +154,11 @@ class ModelMetadata:
                 normalisation=values.get("normalisation", {}),
                 training=values.get("training", {}),
                 evaluation=values.get("evaluation"),
-                outputs=list(signature.get("outputs", OUTPUT_NAMES)),
+                outputs=list(signature.get("outputs", DEFAULT_OUTPUT_NAMES)),
                 score_unit=values.get("score_unit", cls.score_unit),
                 input=signature.get("input", INPUT_NAME),
                 input_samples=int(signature["input_shape"][1]) if signature.get("input") == WAVEFORM_INPUT_NAME else None,
+                unfamiliar=values.get("unfamiliar"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelMismatchError(f"model metadata is incomplete or invalid: {exc}") from None

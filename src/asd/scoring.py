@@ -25,7 +25,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-NORMAL, ANOMALOUS = "normal", "anomalous"
+NORMAL, ANOMALOUS, UNFAMILIAR = "normal", "anomalous", "unfamiliar"
+VERDICTS = (NORMAL, ANOMALOUS, UNFAMILIAR)
+# What a user should check when a clip is unfamiliar (CLI and app say the same).
+UNFAMILIAR_ADVICE = ("unlike every recording the model was trained on, so its anomaly score says nothing about this "
+                     "machine's health; check that the model is the one for this machine type, and that the "
+                     "microphone records this machine (placement, cable, no louder source nearby)")
 
 
 def clip_score(patch_errors: np.ndarray) -> float:
@@ -152,6 +157,11 @@ def choose_margin(base_threshold: float, scores: np.ndarray, labels: np.ndarray,
     return max(1.0, needed / base_threshold)
 
 
-def verdict(score: float, threshold: float) -> str:
-    """``"anomalous"`` when ``score > threshold``, else ``"normal"``."""
+def verdict(score: float, threshold: float, unfamiliarity: float | None = None,
+            unfamiliar_threshold: float | None = None) -> str:
+    """``"unfamiliar"`` when ``unfamiliarity > unfamiliar_threshold`` (both given: the clip is
+    unlike every training clip, so its anomaly score means nothing; :mod:`asd.familiarity`),
+    else ``"anomalous"`` when ``score > threshold``, else ``"normal"``."""
+    if unfamiliarity is not None and unfamiliar_threshold is not None and unfamiliarity > unfamiliar_threshold:
+        return UNFAMILIAR
     return ANOMALOUS if score > threshold else NORMAL

@@ -5,8 +5,8 @@ compute their log-mel spectrograms with the shared feature path, fit the configu
 servable detector (:mod:`asd.detectors`; the autoencoders with TensorBoard logging,
 :mod:`asd.tensorboard_logging`, including an evaluation of the labelled test clips at
 every epoch when present, and early stopping on held-out normal clips), score the training
-clips with the exact function that will be served, fit the gamma decision threshold,
-evaluate on the labelled test clips when present, and export a SavedModel with its
+clips with the exact function that will be served, fit the gamma decision threshold (and,
+for waveform models, the unfamiliar threshold of :mod:`asd.familiarity`), evaluate on the labelled test clips when present, and export a SavedModel with its
 metadata.
 """
 
@@ -31,7 +31,10 @@ from .evaluation import evaluate_directory, write_scores_csv
 from .export import export_savedmodel
 from .inference import Detector
 from .layout import next_version
-from .metadata import ModelMetadata
+from .familiarity import OUTPUT_NAME as FAMILIARITY_OUTPUT
+from .familiarity import RULE as familiarity_rule
+from .familiarity import FamiliarityReference, with_unfamiliarity
+from .metadata import WAVEFORM_INPUT_NAME, ModelMetadata
 from .provenance import git
 from .scoring import fit_gamma_threshold
 from .serving.inprocess import FunctionBackend
@@ -128,6 +131,13 @@ def export_fitted(
     started = time.monotonic() if started is None else started
     version = int(version_dir.name)
     serve = detector.serving_function()
+    familiarity, outputs = None, list(detector.outputs)
+    if detector.input_name == WAVEFORM_INPUT_NAME:  # the unfamiliar verdict (asd.familiarity)
+        sample_rate = detector.features.sample_rate
+        familiarity = FamiliarityReference.fit(detector.waveforms(train_set), sample_rate)
+        serve = with_unfamiliarity(serve, familiarity, sample_rate, serve.input_signature[0])
+        outputs.append(FAMILIARITY_OUTPUT)
+        log(f"unfamiliar threshold {familiarity.threshold:.4f} ({familiarity_rule})")
     train_scores = detector.training_scores(train_set)  # through the served function (or leave-one-out)
     threshold = fit_gamma_threshold(train_scores, threshold_settings.quantile, threshold_settings.margin)
     log(f"decision threshold {threshold.value:.4f} (gamma fit of {threshold.n_scores} training clips, "
@@ -147,7 +157,8 @@ def export_fitted(
             "margin_chosen_on": threshold_settings.margin_chosen_on,
         },
         normalisation=detector.normalisation(),
-        outputs=list(detector.outputs),
+        outputs=outputs,
+        unfamiliar=familiarity.metadata() if familiarity else None,
         score_unit=detector.score_unit,
         input=detector.input_name,
         input_samples=detector.input_samples,
@@ -180,7 +191,7 @@ def export_fitted(
         metadata.evaluation = metrics
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "evaluation.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        write_scores_csv(rows, threshold.value, run_dir / "anomaly_scores.csv")
+        write_scores_csv(rows, run_dir / "anomaly_scores.csv")
         log(
             "AUC-source {auc_source:.4f}  AUC-target {auc_target:.4f}  pAUC {pauc:.4f}  official {official_score:.4f}".format(
                 **metrics

@@ -36,11 +36,15 @@ class Prediction:
         Score of each frame of each patch (autoencoders: mean over mel bands).
     reconstruction : np.ndarray [shape=(n_patches, n_mels, patch_frames), dtype=float32] or None
         An autoencoder's reconstruction, in dB like the input; None for other detectors.
+    unfamiliarity : np.ndarray [shape=(n_clips,), dtype=float32] or None
+        How far each clip is from every training clip (:mod:`asd.familiarity`); None for
+        models without that output.
     """
 
     patch_error: np.ndarray
     frame_error: np.ndarray
     reconstruction: np.ndarray | None = None
+    unfamiliarity: np.ndarray | None = None
 
     @classmethod
     def from_outputs(cls, outputs: dict, n_patches: int) -> "Prediction":
