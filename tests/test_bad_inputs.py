@@ -13,17 +13,24 @@ import soundfile as sf
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from .conftest import REPO, SAMPLE_NORMAL, SHIPPED_MODELS
+from .conftest import OTHER_MACHINE_CLIPS, REPO, SAMPLE_NORMAL, SHIPPED_MODELS, SUBSET
 from .test_app import APP, TIMEOUT
 
 ARTIFACTS = REPO / "test-artifacts"
 UPLOAD_LIMIT_MB = 20  # .streamlit/config.toml server.maxUploadSize
 
 
-def _wav(samples: np.ndarray, rate: int, subtype: str = "PCM_16") -> bytes:
+def _wav(samples: np.ndarray, rate: int, subtype: str = "PCM_16", fmt: str = "WAV") -> bytes:
     buffer = io.BytesIO()
-    sf.write(buffer, samples, rate, format="WAV", subtype=subtype)
+    sf.write(buffer, samples, rate, format=fmt, subtype=subtype)
     return buffer.getvalue()
+
+
+def _eight_channel_wavex() -> bytes:
+    """A multi-channel recorder's file (WAVE_FORMAT_EXTENSIBLE, as MIMII writes): the 8 real
+    test clips of the subset as 8 channels."""
+    channels = [sf.read(p, dtype="float32")[0][: 16000 * 10] for p in sorted((SUBSET / "test").glob("*.flac"))]
+    return _wav(np.stack(channels, axis=1), 16000, fmt="WAVEX")
 
 
 def _real() -> tuple[np.ndarray, int]:
@@ -35,7 +42,7 @@ class Case:
     label: str  # the row's first column
     file_name: str
     make: callable
-    expect: str  # "refused" or "checked"
+    expect: str  # "refused", "checked" (with a note), "scored" (no note needed) or "unfamiliar"
     message: str  # a part of the message the user must see
 
 
@@ -73,6 +80,13 @@ CASES = [
     Case("multi-channel WAV (stereo)", "stereo.wav",
          lambda: _wav(np.stack([_real()[0], _real()[0] * 0.5], axis=1), _real()[1]), "checked",
          "downmixed 2 channels to mono"),
+    Case("multi-channel WAV in the extensible format (WAVEX, 8 channels, as MIMII and field recorders write)",
+         "recorder_8ch.wav", _eight_channel_wavex, "checked", "downmixed 8 channels to mono"),
+    Case("RF64 WAV (24-bit)", "clip_rf64.wav", lambda: _wav(_real()[0], 16000, "PCM_24", fmt="RF64"), "scored", ""),
+    Case("24-bit PCM WAV", "clip_24bit.wav", lambda: _wav(_real()[0], 16000, "PCM_24"), "scored", ""),
+    Case("32-bit float WAV", "clip_float.wav", lambda: _wav(_real()[0], 16000, "FLOAT"), "scored", ""),
+    Case("a recording of another machine (a fan, DCASE 2023)", "fan.flac",
+         lambda: OTHER_MACHINE_CLIPS[0].read_bytes(), "unfamiliar", "is **unfamiliar**"),
     Case("wrong sample rate (48 kHz)", "rate_48k.wav", lambda: _resampled(48_000), "checked",
          "resampled from 48000 Hz to 16000 Hz; resampling softens the top of the band"),
     Case("very short clip (0.5 s, shorter than one model patch)", "short.wav",
@@ -90,8 +104,7 @@ CASES = [
 
 def _messages(at) -> list[tuple[str, str]]:
     return [("error", e.value) for e in at.error] + [("info", e.value) for e in at.info] + [
-        ("success", e.value) for e in at.success
-    ]
+        ("warning", e.value) for e in at.warning] + [("success", e.value) for e in at.success]
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +135,14 @@ def _table(outcomes) -> str:
         _, messages = outcomes[case.label]
         shown = [text for kind, text in messages if kind in ("error", "info") and not text.startswith("Verdict")]
         refused = any("cannot be checked" in text for _, text in messages)
-        outcome = "refused" if refused else "checked, with a note"
-        lines.append(f"| {case.label} | {outcome} | {' / '.join(s.replace('|', '/') for s in shown)} |")
+        verdict = next((text for _, text in messages if text.startswith("Verdict")), "")
+        if refused:
+            outcome = "refused"
+        elif "**unfamiliar**" in verdict:
+            outcome, shown = "checked: unfamiliar", [verdict.split(": ", 1)[1].replace("**", "")]
+        else:
+            outcome = "checked, with a note" if shown else "checked"
+        lines.append(f"| {case.label} | {outcome} | {' / '.join(s.replace('|', '/') for s in shown) or '(none needed)'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -136,8 +155,14 @@ def test_bad_input_gets_a_clear_message_and_no_traceback(outcomes, case):
     if case.expect == "refused":
         assert kinds == {"error"} and any("cannot be checked" in t for k, t in messages if k == "error")
         assert not any(t.startswith("Verdict") for _, t in messages)
-    else:  # fixed on the way and said so, then checked
+    elif case.expect == "checked":  # fixed on the way and said so, then checked
         assert kinds == {"info"} and any(t.startswith("Verdict") for _, t in messages)
+    elif case.expect == "scored":  # read as any WAV: a verdict, no note, no error
+        assert not [t for k, t in messages if k in ("error", "info")]
+        assert [t for _, t in messages if t.startswith("Verdict")]
+    else:  # another machine: a warning that says what to check, not a verdict on its health
+        assert kinds == {"warning"}
+        assert any("the model is the one for this machine type" in t for k, t in messages if k == "warning")
 
 
 def test_the_next_clip_is_checked_after_every_bad_input(outcomes):

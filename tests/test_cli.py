@@ -4,10 +4,11 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import soundfile as sf
 
-from .conftest import CONFIG, SAMPLE_ANOMALY, SAMPLE_NORMAL, SUBSET
+from .conftest import CONFIG, OTHER_MACHINE_CLIPS, SAMPLE_ANOMALY, SAMPLE_NORMAL, SUBSET
 
 
 def asd(*args, timeout=300):
@@ -83,3 +84,49 @@ def test_bad_config_and_bad_model_dir_exit_2(tmp_path):
     assert "training.epochs" in _one_line_error(asd("train", "--config", CONFIG, "--set", "training.epochs=-1"))
     assert "does not exist" in _one_line_error(asd("train", "--config", tmp_path / "x.yaml"))
     assert "no SavedModel" in _one_line_error(asd("score", SAMPLE_NORMAL, "--model", tmp_path))
+
+
+def test_score_calls_other_machines_unfamiliar_and_says_what_to_check(waveform_model):
+    """A fan and a valve (real DCASE 2023 clips) against a ToyCar model: the verdict
+    column says unfamiliar, and one line says what to check."""
+    run = asd("score", SAMPLE_NORMAL, *OTHER_MACHINE_CLIPS, "--model", waveform_model)
+    assert run.returncode == 0, run.stderr
+    verdicts = [line.split("\t")[3] for line in run.stdout.strip().splitlines()]
+    assert verdicts[1:] == ["unfamiliar"] * len(OTHER_MACHINE_CLIPS) and verdicts[0] != "unfamiliar"
+    assert f"asd: {len(OTHER_MACHINE_CLIPS)} clip(s) unfamiliar: " in run.stderr
+    assert "the model is the one for this machine type" in run.stderr
+
+
+def test_score_picks_one_channel_of_a_multichannel_wav(waveform_model, tmp_path):
+    """An 8-channel WAVE_FORMAT_EXTENSIBLE file: the average by default (noted), or the
+    channel --channel names, scored as that clip alone would be."""
+    clips = sorted((SUBSET / "test").glob("*.flac"))
+    channels = np.stack([sf.read(p, dtype="float32")[0] for p in clips], axis=1)
+    wavex = tmp_path / "recorder.wav"
+    sf.write(wavex, channels, 16000, format="WAVEX", subtype="PCM_24")
+    mixed = asd("score", wavex, "--model", waveform_model)
+    assert mixed.returncode == 0, mixed.stderr
+    assert "downmixed 8 channels to mono" in mixed.stdout
+    third = asd("score", wavex, clips[2], "--model", waveform_model, "--channel", "3")
+    assert third.returncode == 0, third.stderr
+    picked, alone = third.stdout.strip().splitlines()
+    assert "used channel 3 of 8" in picked
+    assert float(picked.split("\t")[1]) == pytest.approx(float(alone.split("\t")[1]), rel=1e-4)
+    line = _one_line_error(asd("score", wavex, "--model", waveform_model, "--channel", "9"))
+    assert "channel 9 was asked for, but the file has 8 channels" in line
+    assert asd("score", wavex, "--model", waveform_model, "--channel", "0").returncode == 2  # usage error
+
+
+def test_evaluate_json_counts_the_verdicts(waveform_model, tmp_path):
+    out = tmp_path / "metrics.json"
+    run = asd("evaluate", "--model", waveform_model, "--data", SUBSET, "--json", out)
+    assert run.returncode == 0, run.stderr
+    metrics = json.loads(out.read_text())
+    assert set(metrics["verdicts"]) == {"normal", "anomalous", "unfamiliar"}
+    assert sum(metrics["verdicts"].values()) == metrics["n_clips"] == 8
+    # flagged = above the threshold; an unfamiliar clip may be above it, but is not "anomalous"
+    assert metrics["verdicts"]["anomalous"] <= metrics["n_flagged"] <= sum(
+        metrics["verdicts"][v] for v in ("anomalous", "unfamiliar"))
+    per_domain = metrics["sections"]["00"]["per_domain"]
+    assert sum(d["n_unfamiliar"] for d in per_domain.values()) == metrics["verdicts"]["unfamiliar"]
+    assert "verdicts: " in run.stdout

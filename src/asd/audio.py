@@ -153,13 +153,12 @@ def load_audio(
         raise AudioError(f"{name}: the audio holds NaN or infinite sample values")
     notes = []
     n_channels = samples.shape[1]
-    if channel is not None:
+    if channel is not None and n_channels > 1:  # a mono file has only the one
         if not 1 <= channel <= n_channels:
             raise AudioError(f"{name}: channel {channel} was asked for, but the file has {n_channels} "
-                             f"channel{'s' if n_channels > 1 else ''} (numbered from 1)")
+                             "channels (numbered from 1)")
         samples = samples[:, channel - 1 : channel]
-        if n_channels > 1:
-            notes.append(f"used channel {channel} of {n_channels}")
+        notes.append(f"used channel {channel} of {n_channels}")
     if max_seconds is not None and len(samples) > max_seconds * rate:
         notes.append(f"checked the first {max_seconds:g} s of {len(samples) / rate:.1f} s (longer clips are cut)")
         samples = samples[: int(max_seconds * rate)]

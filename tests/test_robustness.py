@@ -1,0 +1,73 @@
+"""asd robustness: the recording chain's perturbations on real clips, the report, and the
+shipped model's committed figures."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from asd.robustness import MAX_AUC_DROP, MAX_FALSE_ALARM_RISE, PERTURBATION_NAMES
+
+from .conftest import REPO, SHIPPED_MODELS, SUBSET
+
+REPORT = REPO / "benchmarks" / "robustness" / "robustness.json"
+
+
+@pytest.fixture(scope="module")
+def subset_report(tmp_path_factory):
+    """`asd robustness` run as a user runs it, on the subset's 8 real test clips."""
+    out = tmp_path_factory.mktemp("robustness")
+    run = subprocess.run(
+        [sys.executable, "-m", "asd.cli", "robustness", "--model", str(SHIPPED_MODELS), "--name", "toycar",
+         "--data", str(SUBSET), "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    return json.loads((out / "robustness.json").read_text()), (out / "robustness.md").read_text(), run
+
+
+def test_every_perturbation_is_scored_and_reported(subset_report):
+    report, markdown, _ = subset_report
+    assert [r["perturbation"] for r in report["rows"]] == list(PERTURBATION_NAMES)
+    assert report["n_clips"] == 8
+    for row in report["rows"]:
+        assert row["description"] in markdown
+        assert set(row["false_alarm_rate"]) == {"source", "target"}
+    lowpass = next(r for r in report["rows"] if r["perturbation"] == "lowpass_7k")
+    assert lowpass["target"] is False and lowpass["meets_targets"] is None
+
+
+def test_clean_row_is_what_asd_evaluate_says(subset_report):
+    from asd.evaluation import evaluate_directory
+    from asd.inference import Detector
+    from asd.serving.inprocess import InProcessBackend
+
+    report, _, _ = subset_report
+    metrics, _ = evaluate_directory(Detector(InProcessBackend(SHIPPED_MODELS, "toycar")), SUBSET)
+    clean = report["rows"][0]
+    assert clean["perturbation"] == "clean" and clean["n_verdicts_changed"] == 0
+    assert clean["official_score"] == pytest.approx(metrics["official_score"])
+    assert clean["auc_target"] == pytest.approx(metrics["auc_target"])
+
+
+def test_shipped_model_keeps_every_verdict_through_the_recording_chain(subset_report):
+    """The shipped model on 8 real clips: no resampling, gain, format, DC or 40 dB noise
+    perturbation changes a single verdict (the models before v4 changed most of them)."""
+    report, _, _ = subset_report
+    changed = {r["perturbation"]: r["n_verdicts_changed"] for r in report["rows"] if r["target"]}
+    assert changed == {name: 0 for name in changed}
+
+
+def test_committed_report_is_for_the_shipped_model_and_meets_the_targets():
+    from asd.layout import versions
+
+    report = json.loads(REPORT.read_text())
+    assert report["model"] == {"name": "toycar", "version": max(versions(SHIPPED_MODELS / "toycar")),
+                               "detector": "multispec_scac"}
+    assert report["n_clips"] == 200 and report["all_met"]
+    for row in report["rows"]:
+        if row["target"] and row["perturbation"] != "clean":
+            assert row["change"]["auc_source"] >= -MAX_AUC_DROP and row["change"]["auc_target"] >= -MAX_AUC_DROP
+            assert all(v <= MAX_FALSE_ALARM_RISE for v in row["change"]["false_alarm_rate"].values())
+    assert "benchmarks/robustness/robustness.md" in (REPO / "README.md").read_text()
