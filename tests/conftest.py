@@ -23,7 +23,7 @@ FULL_TOYCAR = FULL_DATA_ROOT / "dcase2023t2" / "dev_data" / "ToyCar"
 SAMPLE_NORMAL = SAMPLES / "section_00_source_test_normal_0001_car_B2_spd_31V_mic_1.wav"
 SAMPLE_ANOMALY = SAMPLES / "section_00_source_test_anomaly_0001_car_B1_spd_31V_mic_1.wav"
 # An anomaly the shipped default version flags (SAMPLE_ANOMALY is one it misses).
-SAMPLE_FLAGGED = SAMPLES / "section_00_source_test_anomaly_0026_car_C2_spd_31V_mic_1.wav"
+SAMPLE_FLAGGED = SAMPLES / "section_00_target_test_anomaly_0050_car_E2_spd_37V_mic_2.wav"
 # The same recording as SAMPLE_ANOMALY, as the dataset's FLAC (bit-identical samples).
 SUBSET_FLAC_OF_SAMPLE = SUBSET / "test" / "section_00_source_test_anomaly_0001_car_B1_spd_31V_mic_1.flac"
 # Real clips of machines a ToyCar model never heard (tests/data/README.md)

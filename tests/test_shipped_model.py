@@ -14,12 +14,13 @@ from asd.metadata import ModelMetadata
 from .conftest import REPO, SHIPPED_MODELS, full_data_or_skip
 
 
-# version -> training clips: v3 (the default) on all 805 of ../shared's ToyCar train
+# version -> training clips: v4 (the default) on all 805 of ../shared's ToyCar train
 # folder; v1, the conv. autoencoder kept for its error maps, on the 409 it held before
-TRAINING_CLIPS = {3: 805, 1: 409}
-# version -> size budget (MiB): v3's float32 weights are 10 MB (most of it the dense layer
-# of the 4096-point STFT branch); README's "What it costs" says why it pays
-SIZE_BUDGET_MIB = {3: 13, 1: 5}
+TRAINING_CLIPS = {4: 805, 1: 409}
+# version -> size budget (MiB): v4's float32 weights are 9.7 MB (most of it the dense layer
+# of the 4096-point STFT branch), the k-NN bank of its 805 training clips 1.6 MB and the
+# unfamiliar verdict's 805 summaries 0.8 MB; README's "What it costs" says why it pays
+SIZE_BUDGET_MIB = {4: 16, 1: 5}
 
 
 @pytest.mark.parametrize("version", sorted(TRAINING_CLIPS))
@@ -39,7 +40,7 @@ def test_the_default_version_is_the_newest():
     assert resolve_version_dir(SHIPPED_MODELS).name == str(max(TRAINING_CLIPS))
 
 
-@pytest.mark.parametrize("version, row_start", [(3, "| **this project"), (1, "| this project, conv. autoencoder (toycar v1")])
+@pytest.mark.parametrize("version, row_start", [(4, "| **this project"), (1, "| this project, conv. autoencoder (toycar v1")])
 def test_shipped_figures_are_what_evaluate_prints_on_the_full_test_set(tmp_path, version, row_start):
     data = full_data_or_skip()
     out = tmp_path / "metrics.json"
@@ -59,23 +60,37 @@ def test_shipped_figures_are_what_evaluate_prints_on_the_full_test_set(tmp_path,
         assert f"{measured[key]:.3f}" in row, f"README results row lacks {key} = {measured[key]:.3f}"
 
 
-BENCHMARK = REPO / "benchmarks" / "toycar"
+# Every detector (benchmarks/toycar), and the robust recipe's backends (the shipped one's)
+BENCHMARKS = [REPO / "benchmarks" / "toycar", REPO / "benchmarks" / "toycar_robust"]
+BENCHMARK = BENCHMARKS[1]
+# README ("The shipped model") says why this row and not the one ranked first by 0.003
+SHIPPED_ROW = "multispec_knn_robust"
 
 
-def test_readme_shows_the_benchmark_table_as_the_command_wrote_it():
-    written = (BENCHMARK / "results.md").read_text()
+@pytest.mark.parametrize("benchmark", BENCHMARKS, ids=lambda p: p.name)
+def test_readme_shows_the_benchmark_table_as_the_command_wrote_it(benchmark):
+    written = (benchmark / "results.md").read_text()
     readme = (REPO / "README.md").read_text()
     for line in written.splitlines():
         if line.startswith("|") or line.startswith("Held-apart check"):
             assert line in readme, f"README lacks the benchmark line: {line[:60]}..."
 
 
-def test_shipped_model_is_the_benchmarks_best_servable_detector_first_seed():
+def test_shipped_recipe_is_within_0_01_of_the_best_benchmark_row():
+    """Robustness may cost at most 0.01 of mean official score against the best row of
+    either benchmark (servable or not)."""
+    best = max(entry["mean"]["official_score"] for b in BENCHMARKS
+               for entry in json.loads((b / "results.json").read_text())["detectors"].values())
+    shipped = json.loads((BENCHMARK / "results.json").read_text())["detectors"][SHIPPED_ROW]
+    assert shipped["mean"]["official_score"] >= best - 0.01
+    assert shipped["runs"][0]["official_score"] >= best - 0.01  # the shipped seed too
+
+
+def test_shipped_model_is_the_benchmark_row_first_seed():
     """The shipped model was trained with the benchmark's settings and first seed
     (training is deterministic on CPU), so its figures are that run's."""
     report = json.loads((BENCHMARK / "results.json").read_text())
-    best = report["selection"]["best_servable"]
-    entry = report["detectors"][best]
+    entry = report["detectors"][SHIPPED_ROW]
     meta = ModelMetadata.read(resolve_version_dir(SHIPPED_MODELS))
     assert meta.detector == entry["kind"]
     assert meta.training["seed"] == entry["runs"][0]["seed"]
@@ -124,7 +139,7 @@ def test_shipped_threshold_is_the_benchmarks_half_a_choice_and_spares_most_norma
     from asd.benchmark import rates_at
 
     scores, labels, domains, report, meta = _shipped_half_b(tmp_path)
-    first = report["detectors"][report["selection"]["best_servable"]]["runs"][0]["threshold"]
+    first = report["detectors"][SHIPPED_ROW]["runs"][0]["threshold"]
     assert meta.threshold["margin"] == pytest.approx(first["margin"], rel=1e-6)
     assert meta.threshold["value"] == pytest.approx(first["value"], rel=1e-5)
     served = rates_at(meta.threshold["value"], scores, labels, domains)
@@ -137,14 +152,33 @@ def test_shipped_threshold_is_the_benchmarks_half_a_choice_and_spares_most_norma
         assert served["recall"][domain] > 0
 
 
-@pytest.mark.xfail(strict=True, reason="source domain: 3 of 25 normal clips of half B flagged (0.12), "
-                   "one over the 10 % the margin was chosen for on half A (README, 'The decision threshold')")
 def test_shipped_threshold_keeps_false_alarms_in_bounds_on_half_b(tmp_path):
     """The goal: on half B, at most the benchmark's share of each domain's normal clips
-    flagged. Strict: the day it holds, the expected-failure mark must go."""
+    flagged (10 % source, 25 % target)."""
     from asd.benchmark import rates_at
 
     scores, labels, domains, report, meta = _shipped_half_b(tmp_path)
     rates = rates_at(meta.threshold["value"], scores, labels, domains)
     for domain, limit in report["max_false_alarms"].items():
         assert rates["false_alarm_rate"][domain] <= limit, (domain, rates)
+
+
+def test_other_machine_types_are_unfamiliar_and_toycar_clips_are_not():
+    """Every bearing, fan, gearbox, slider and valve clip of ../shared (20 real clips) is
+    unfamiliar to the ToyCar model; of the 200 ToyCar test clips, normal or anomalous, at
+    most 2 are. ToyTrain, the nearest kin, is reported in README."""
+    from asd.data import list_clips
+    from asd.inference import Detector
+    from asd.serving.inprocess import InProcessBackend
+
+    data = full_data_or_skip()
+    detector = Detector(InProcessBackend(SHIPPED_MODELS, "toycar"))
+    others = sorted((data.parents[1] / "other_machine_types").glob("*/*/*.flac"))
+    kinds = {p.parts[-3] for p in others}
+    assert kinds == {"ToyTrain", "bearing", "fan", "gearbox", "slider", "valve"}
+    verdicts = {path: result.verdict for path, result in detector.score_files(others)}
+    strangers = [p for p in others if p.parts[-3] != "ToyTrain"]
+    assert len(strangers) == 20 and all(verdicts[p] == "unfamiliar" for p in strangers), verdicts
+    toycar = [c.path for c in list_clips(data, split="test")]
+    unfamiliar = [path for path, result in detector.score_files(toycar) if result.verdict == "unfamiliar"]
+    assert len(toycar) == 200 and len(unfamiliar) <= 2, unfamiliar

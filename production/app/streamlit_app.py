@@ -167,8 +167,8 @@ def choose_clips(sample_rate: int) -> tuple[list[tuple[str, bytes]], list[str]]:
             clips.append(("microphone recording.wav", recording.getvalue()))
     else:
         samples = sample_clips()
-        picked = st.multiselect("Sample clips (DCASE 2023 Task 2 ToyCar test set, see production/samples)",
-                                list(samples), key="samples")
+        picked = st.multiselect("Sample clips (DCASE 2023 Task 2 test clips: ToyCar, and a fan a ToyCar model never "
+                                "heard; see production/samples)", list(samples), key="samples")
         clips += [(name, samples[name].read_bytes()) for name in picked]
     return _unique_names(clips), refused
 

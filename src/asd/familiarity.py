@@ -130,11 +130,14 @@ class FamiliarityReference:
 
 
 def with_unfamiliarity(serve, reference: FamiliarityReference, sample_rate: int, input_spec: tf.TensorSpec):
-    """``serve`` (a waveform model's ``tf.function``) with the ``unfamiliarity`` output added."""
+    """``serve`` (a waveform model's ``tf.function``) with the ``unfamiliarity`` output added.
+
+    ``serve``'s Python body is traced into the new function, so the SavedModel holds one
+    serving graph, not one calling another."""
 
     @tf.function(input_signature=[input_spec])
     def serve_with_unfamiliarity(waveform):
-        outputs = dict(serve(waveform))
+        outputs = dict(serve.python_function(waveform))
         outputs[OUTPUT_NAME] = reference.serving_output(waveform, sample_rate)
         return outputs
 
