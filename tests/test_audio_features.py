@@ -91,7 +91,7 @@ def test_stereo_is_downmixed_and_other_rates_resampled_with_notes():
     assert stereo.notes == ["downmixed 2 channels to mono (their average; one channel can be chosen instead)"]
     np.testing.assert_allclose(stereo.samples, mono, atol=1e-4)
     resampled = load_audio(_wav_bytes(mono[:48000], 16000), 44100, name="r.wav")
-    assert resampled.notes[0].startswith("resampled from 16000 Hz to 44100 Hz; ")
+    assert resampled.notes[0].startswith("resampled from 16000 Hz to 44100 Hz, ")
     assert len(resampled.samples) == 132300
 
 

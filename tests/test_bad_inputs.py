@@ -88,7 +88,7 @@ CASES = [
     Case("a recording of another machine (a fan, DCASE 2023)", "fan.flac",
          lambda: OTHER_MACHINE_CLIPS[0].read_bytes(), "unfamiliar", "is **unfamiliar**"),
     Case("wrong sample rate (48 kHz)", "rate_48k.wav", lambda: _resampled(48_000), "checked",
-         "resampled from 48000 Hz to 16000 Hz; resampling softens the top of the band"),
+         "resampled from 48000 Hz to 16000 Hz, the model's sample rate"),
     Case("very short clip (0.5 s, shorter than one model patch)", "short.wav",
          lambda: _wav(_real()[0][:8000], _real()[1]), "refused", "clip too short"),
     Case("very long clip (90 s)", "long.wav", lambda: _wav(np.tile(_real()[0], 8)[: 90 * 16000], 16000), "checked",

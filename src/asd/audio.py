@@ -178,14 +178,9 @@ def load_audio(
 
         mono = librosa.resample(mono, orig_sr=rate, target_sr=sample_rate, res_type="soxr_hq")
         mono = mono.astype(np.float32, copy=False)
-        # Measured on the shipped ToyCar model: cutting a clip's spectrum above 7.5 kHz,
-        # as any resampler's anti-aliasing filter does near 8 kHz, raised a normal clip's
-        # score twentyfold; so the note says the verdict may suffer.
-        notes.append(
-            f"resampled from {rate} Hz to {sample_rate} Hz; resampling softens the top of the band "
-            f"(near {sample_rate // 2} Hz), which a model trained on {sample_rate} Hz recordings may take for an "
-            f"anomaly: record at {sample_rate} Hz for the most reliable verdict"
-        )
+        # The shipped default model ignores the top of the band that resamplers soften
+        # (asd robustness); the note says what was done, for models that do not.
+        notes.append(f"resampled from {rate} Hz to {sample_rate} Hz, the model's sample rate")
     return AudioClip(samples=mono, sample_rate=sample_rate, name=name, notes=notes)
 
 
