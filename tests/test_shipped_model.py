@@ -79,10 +79,10 @@ def test_readme_shows_the_benchmark_table_as_the_command_wrote_it(benchmark):
 def test_shipped_recipe_is_within_0_01_of_the_best_benchmark_row():
     """Robustness may cost at most 0.01 of mean official score against the best row of
     either benchmark (servable or not)."""
-    best = max(entry["mean"]["official_score"] for b in BENCHMARKS
+    best = max(entry["official_score"]["mean"] for b in BENCHMARKS
                for entry in json.loads((b / "results.json").read_text())["detectors"].values())
     shipped = json.loads((BENCHMARK / "results.json").read_text())["detectors"][SHIPPED_ROW]
-    assert shipped["mean"]["official_score"] >= best - 0.01
+    assert shipped["official_score"]["mean"] >= best - 0.01
     assert shipped["runs"][0]["official_score"] >= best - 0.01  # the shipped seed too
 
 
