@@ -6,8 +6,8 @@ servable detector (:mod:`asd.detectors`; the autoencoders with TensorBoard loggi
 :mod:`asd.tensorboard_logging`, including an evaluation of the labelled test clips at
 every epoch when present, and early stopping on held-out normal clips), score the training
 clips with the exact function that will be served, fit the gamma decision threshold (and,
-for waveform models, the unfamiliar threshold of :mod:`asd.familiarity`), evaluate on the labelled test clips when present, and export a SavedModel with its
-metadata.
+for waveform models, the unfamiliar threshold of :mod:`asd.familiarity`), evaluate on the
+labelled test clips when present, and export a SavedModel with its metadata.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from .evaluation import evaluate_directory, write_scores_csv
 from .export import export_savedmodel
 from .inference import Detector
 from .layout import next_version
-from .familiarity import OUTPUT_NAME as FAMILIARITY_OUTPUT
-from .familiarity import RULE as familiarity_rule
+from .familiarity import OUTPUT_NAME as UNFAMILIARITY_OUTPUT
+from .familiarity import RULE as UNFAMILIAR_RULE
 from .familiarity import FamiliarityReference, with_unfamiliarity
 from .metadata import WAVEFORM_INPUT_NAME, ModelMetadata
 from .provenance import git
@@ -136,8 +136,8 @@ def export_fitted(
         sample_rate = detector.features.sample_rate
         familiarity = FamiliarityReference.fit(detector.waveforms(train_set), sample_rate)
         serve = with_unfamiliarity(serve, familiarity, sample_rate, serve.input_signature[0])
-        outputs.append(FAMILIARITY_OUTPUT)
-        log(f"unfamiliar threshold {familiarity.threshold:.4f} ({familiarity_rule})")
+        outputs.append(UNFAMILIARITY_OUTPUT)
+        log(f"unfamiliar threshold {familiarity.threshold:.4f} ({UNFAMILIAR_RULE})")
     train_scores = detector.training_scores(train_set)  # through the served function (or leave-one-out)
     threshold = fit_gamma_threshold(train_scores, threshold_settings.quantile, threshold_settings.margin)
     log(f"decision threshold {threshold.value:.4f} (gamma fit of {threshold.n_scores} training clips, "
