@@ -19,7 +19,7 @@ import yaml
 
 from .conftest import REPO, SHIPPED_MODELS, free_port
 
-COMPOSE_FILES = ["docker-compose.dev.yaml", "docker-compose.prod.yaml", "docker-compose.gpu.yaml"]
+COMPOSE_FILES = ["compose.yaml", "docker-compose.dev.yaml", "docker-compose.prod.yaml", "docker-compose.gpu.yaml"]
 SERVING_CONFIG = REPO / "production" / "serving"
 METRICS_PATH = "/monitoring/prometheus/metrics"
 
@@ -238,7 +238,7 @@ def test_app_runs_as_a_non_root_user():
     assert re.search(rf"useradd .*--uid {user.split(':')[0]}\b", dockerfile)
 
 
-@pytest.mark.parametrize("name", COMPOSE_FILES)
+@pytest.mark.parametrize("name", [n for n in COMPOSE_FILES if n != "compose.yaml"])  # it only includes
 def test_compose_images_are_pinned_to_versions(name):
     for service_name, service in _services(name).items():
         if "image" not in service or "build" in service:
@@ -428,3 +428,19 @@ def test_docker_context_keeps_out_the_virtualenv_but_not_what_the_images_copy():
                 for source in line.split()[1:-1]:
                     top = source.split("/")[0]
                     assert top not in ignored and source not in ignored, f"{dockerfile}: COPY {source} is in .dockerignore"
+
+
+def test_plain_docker_compose_up_in_the_root_starts_the_production_stack():
+    """`docker compose up` looks for compose.yaml in the working directory: it includes
+    the production file (Compose's `include`), so both start the same services."""
+    root = yaml.safe_load((REPO / "compose.yaml").read_text())
+    assert root == {"include": ["docker-compose.prod.yaml"]}
+
+
+def test_the_project_is_licensed_apache_2_0():
+    import tomllib
+
+    text = (REPO / "LICENSE").read_text()
+    assert text.lstrip().startswith("Apache License") and "Version 2.0, January 2004" in text
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
