@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from .conftest import CONFIG, OTHER_MACHINE_CLIPS, SAMPLE_ANOMALY, SAMPLE_NORMAL, SUBSET
+from .conftest import CONFIG, OTHER_MACHINE_CLIPS, REPO, SAMPLE_ANOMALY, SAMPLE_NORMAL, SUBSET
 
 
 def asd(*args, timeout=300):
@@ -130,3 +130,38 @@ def test_evaluate_json_counts_the_verdicts(waveform_model, tmp_path):
     per_domain = metrics["sections"]["00"]["per_domain"]
     assert sum(d["n_unfamiliar"] for d in per_domain.values()) == metrics["verdicts"]["unfamiliar"]
     assert "verdicts: " in run.stdout
+
+
+def test_a_file_that_is_not_audio_is_answered_before_tensorflow_loads():
+    """`asd score README.md`: one line on stderr, exit 2, and TensorFlow never imported
+    (its import alone takes seconds)."""
+    code = ("import sys; from asd.cli import main; "
+            "rc = main(['score', 'README.md', '--model', 'production/models']); "
+            "print(rc, 'tensorflow' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert run.stdout.split() == ["2", "False"], run.stdout + run.stderr
+    assert run.stderr.strip().splitlines() == ["asd: error: README.md: not a readable WAV or FLAC file (Format not recognised.)"]
+
+
+def test_scoring_a_sample_prints_no_tensorflow_lines():
+    run = asd("score", SAMPLE_NORMAL, "--model", REPO / "production" / "models")
+    assert run.returncode == 0 and run.stdout.count("\t") >= 3
+    assert run.stderr == "", run.stderr
+
+
+def test_train_exports_to_runs_models_unless_told_to_ship(tmp_path):
+    """A casual `asd train` never becomes the app's newest model: without --models-dir it
+    exports to runs/models (relative to where it runs), and production/models is untouched."""
+    shipped = REPO / "production" / "models"
+    before = sorted((p.relative_to(shipped), p.stat().st_mtime_ns) for p in shipped.rglob("*"))
+    overrides = [f"data_dir={SUBSET}", "detector=conv_ae", "model={filters: [8, 16, 16], latent_dim: 8}",
+                 "training.epochs=1", "evaluate=false"]
+    args = [sys.executable, "-m", "asd.cli", "train", "--config", str(CONFIG), *[a for o in overrides for a in ("--set", o)]]
+    run = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (tmp_path / "runs" / "models" / "toycar" / "1" / "saved_model.pb").is_file()
+    assert sorted((p.relative_to(shipped), p.stat().st_mtime_ns) for p in shipped.rglob("*")) == before
+    elsewhere = tmp_path / "ship"
+    run = subprocess.run([*args, "--models-dir", str(elsewhere)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (elsewhere / "toycar" / "1" / "saved_model.pb").is_file()

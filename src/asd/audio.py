@@ -8,7 +8,9 @@ message a person can act on, never a silent wrong answer. What is fixed on the w
 
 from __future__ import annotations
 
+import errno
 import io
+import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,15 +132,14 @@ def load_audio(
         data = source.read()
     name = name or "clip"
     if not data:
-        raise AudioError(f"{name}: the file is empty (0 bytes)")
+        raise _empty(name)
     try:
         with sf.SoundFile(io.BytesIO(data)) as info:  # one open for the header and the samples
-            if info.format not in SUPPORTED_FORMATS:
-                raise AudioError(f"{name}: {info.format_info} is not supported; upload WAV or FLAC")
+            _check_format(info, name)
             samples = info.read(dtype="float32", always_2d=True)
             rate = info.samplerate
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
-        raise AudioError(f"{name}: not a readable WAV or FLAC file ({_short(exc)})") from None
+        raise _unreadable(name, exc) from None
     missing = _wav_data_shortfall(data)
     if missing or (info.frames > 0 and len(samples) < info.frames):
         raise AudioError(
@@ -182,6 +183,46 @@ def load_audio(
         # (asd robustness); the note says what was done, for models that do not.
         notes.append(f"resampled from {rate} Hz to {sample_rate} Hz, the model's sample rate")
     return AudioClip(samples=mono, sample_rate=sample_rate, name=name, notes=notes)
+
+
+def _empty(name: str) -> AudioError:
+    return AudioError(f"{name}: the file is empty (0 bytes)")
+
+
+def _unreadable(name: str, exc: Exception) -> AudioError:
+    return AudioError(f"{name}: not a readable WAV or FLAC file ({_short(exc)})")
+
+
+def _check_format(info: sf.SoundFile, name: str) -> None:
+    if info.format not in SUPPORTED_FORMATS:
+        raise AudioError(f"{name}: {info.format_info} is not supported; upload WAV or FLAC")
+
+
+def check_header(path: str | Path) -> None:
+    """Refuse, from its header alone, a file :func:`load_audio` would refuse as empty, not
+    audio or not WAV/FLAC (the same messages), without reading its samples: the CLI
+    answers a wrong file in a fraction of a second, before loading a model.
+
+    Raises
+    ------
+    AudioError
+        Empty, not readable by libsndfile, or another format.
+    OSError
+        Missing, a directory, or unreadable.
+    """
+    path = Path(path)
+    name = str(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), name)
+    with open(path, "rb") as handle:  # missing or unreadable: the OS's own error
+        if not handle.read(1):
+            raise _empty(name)
+        handle.seek(0)
+        try:
+            with sf.SoundFile(handle) as info:
+                _check_format(info, name)
+        except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+            raise _unreadable(name, exc) from None
 
 
 def channel_count(data: bytes) -> int | None:

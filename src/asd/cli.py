@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .audio import AudioError
+from .audio import AudioError, check_header
 from .config import ConfigError
 from .detectors.base import DetectorConfigError
 from .data import FileNameError
@@ -21,6 +21,7 @@ from .layout import ModelNotFoundError
 from .metadata import ModelMismatchError
 from .scoring import UNFAMILIAR, UNFAMILIAR_ADVICE
 from .serving import ServingError
+from .tensorflow_import import import_tensorflow
 
 EXIT_BAD_INPUT = 2
 EXIT_LOAD_TEST_FAILED = 1  # asd loadtest: a request was lost or answered wrongly
@@ -58,6 +59,13 @@ def _detector(args):
     from .inference import Detector
     from .serving import make_backend
 
+    if args.model:
+        from .layout import resolve_version_dir
+
+        resolve_version_dir(args.model, args.name, args.model_version)  # a wrong path fails fast
+    if args.model or (args.server or "").startswith("grpc"):  # REST needs no TensorFlow
+        import_tensorflow()
+
     backend = make_backend(
         model_dir=args.model, server_url=args.server, name=args.name, version=args.model_version, timeout_s=args.timeout
     )
@@ -73,8 +81,9 @@ def _require_machine_type_folder(data: str) -> None:
 def cmd_train(args) -> int:
     from .config import load_train_config
 
-    config = load_train_config(args.config, args.set)
-    from .train import train  # imports TensorFlow: after the config is known to be valid
+    config = load_train_config(args.config, args.set + ([f"models_dir={args.models_dir}"] if args.models_dir else []))
+    import_tensorflow()  # after the config is known to be valid
+    from .train import train
 
     result = train(config)
     print(f"model: {result.version_dir}")
@@ -124,7 +133,23 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _header_problem(file: str) -> str | None:
+    """Why ``file`` cannot be scored, if its header alone says so (no model needed)."""
+    try:
+        check_header(file)
+    except AudioError as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"{file}: {exc.strerror or exc}"
+    return None
+
+
 def cmd_score(args) -> int:
+    problems = [_header_problem(f) for f in args.files]
+    if all(problems):  # nothing to score: answer before loading a model (and TensorFlow)
+        for message in problems:
+            print(f"asd: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     detector = _detector(args)
     failed, unfamiliar = 0, 0
     for file, outcome in detector.score_files(args.files, workers=args.workers, batch_size=args.batch_size,
@@ -250,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model on normal clips and export it as a SavedModel")
     p.add_argument("--config", required=True, help="YAML training config (see development/configs/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting, e.g. training.epochs=3")
+    p.add_argument("--models-dir", metavar="DIR",
+                   help="export to DIR/<name>/<next version>/ (default: the config's models_dir, runs/models; "
+                        "ship a model with --models-dir production/models)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="AUC per domain, pAUC and official score on a labelled test set")
@@ -327,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.func in (cmd_benchmark, cmd_bench, cmd_loadtest):  # they import TensorFlow at once
+            import_tensorflow()
         return args.func(args)
     except USER_ERRORS as exc:
         return _fail(str(exc))

@@ -50,7 +50,9 @@ class TrainConfig(_Strict):
     name: str = Field(default="toycar", pattern=r"^[A-Za-z0-9_.-]+$")
     machine_type: str | None = None
     data_dir: Path
-    models_dir: Path = Path("production/models")
+    # a casual run never becomes the app's newest model: shipping is explicit
+    # (asd train --models-dir production/models)
+    models_dir: Path = Path("runs/models")
     runs_dir: Path = Path("runs")
     version: int | None = Field(default=None, gt=0)
     seed: int = 13711
