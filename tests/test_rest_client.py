@@ -113,3 +113,30 @@ def test_waveform_input_models_are_served_through_rest_like_in_process(waveform_
             assert a.reconstruction is None and a.frame_error.shape == b.logmel.shape[1:]
             # the unfamiliar threshold travels in the metadata: a fan or a valve is not a toy car
             assert (a.verdict == "unfamiliar") == (clip in OTHER_MACHINE_CLIPS), (clip.name, a.unfamiliarity)
+
+
+def test_nan_and_infinity_in_an_answer_are_read_and_never_become_a_verdict(waveform_model):
+    """TF Serving writes non-finite floats as bare NaN / Infinity tokens: the client reads
+    them (strict JSON parsers refuse them), and a non-finite score is an error, not a
+    silent "normal" (NaN > threshold is False)."""
+    from asd.serving import Prediction
+    from asd.serving.inprocess import InProcessBackend
+    from asd.serving.rest import decode_predict_response, parse_json
+
+    body = b'{"outputs": {"patch_error": [NaN, Infinity, -Infinity], "frame_error": [[NaN], [1.0], [2.0]]}}'
+    prediction = decode_predict_response(parse_json(body)["outputs"], 3)
+    assert np.isnan(prediction.patch_error[0]) and prediction.patch_error[1] == np.inf
+    assert prediction.patch_error[2] == -np.inf
+    assert parse_json(b"<html>502 Bad Gateway</html>") is None
+
+    class NaNBackend:  # answers as a broken model would, through the real Detector
+        def __init__(self, backend):
+            self.metadata = backend.metadata
+
+        def predict(self, inputs):
+            return Prediction(patch_error=np.full(len(inputs), np.nan, np.float32),
+                              frame_error=np.full((len(inputs), 1), np.nan, np.float32))
+
+    detector = Detector(NaNBackend(InProcessBackend(waveform_model)))
+    with pytest.raises(ServingError, match="non-finite anomaly score"):
+        detector.score_file(SAMPLE_NORMAL)

@@ -27,6 +27,7 @@ from .features import (
 )
 from .metadata import WAVEFORM_INPUT_NAME, ModelMetadata
 from .scoring import clip_score, verdict
+from .serving import ServingError
 
 
 # Rows one model request may hold: TF Serving's max_batch_size in
@@ -250,6 +251,9 @@ class Detector:
     def _result(self, prepared, patch_error, frame_error, reconstruction, backend_seconds, unfamiliarity) -> ClipResult:
         """A clip's result from its rows of the model's outputs."""
         n_frames = prepared.logmel.shape[1]
+        if not np.isfinite(patch_error).all():  # TF Serving sends NaN/Infinity as such
+            raise ServingError(f"the model returned a non-finite anomaly score for {prepared.name}; "
+                               "the model or its input is broken, so no verdict is given")
         score = clip_score(patch_error)
         # a waveform model's one row per clip; None when the model has no such output
         unfamiliarity = None if unfamiliarity is None else float(np.max(unfamiliarity))

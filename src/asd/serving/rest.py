@@ -14,6 +14,7 @@ The columnar format is used because outputs need not share the batch dimension
 
 from __future__ import annotations
 
+import json
 import threading
 
 import numpy as np
@@ -66,6 +67,24 @@ def encode_predict_request(inputs: np.ndarray, input_name: str, signature: str =
         values = np.round(np.asarray(inputs, dtype=np.float32), DECIMALS)
     payload = {"signature_name": signature, "inputs": {input_name: np.ascontiguousarray(values)}}
     return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def parse_json(content: bytes) -> dict | list | None:
+    """A TF Serving answer's JSON; None if it is not JSON.
+
+    TF Serving writes non-finite floats as the bare tokens ``NaN``, ``Infinity`` and
+    ``-Infinity`` (its REST API documentation), which strict JSON parsers such as orjson
+    refuse: such an answer is parsed again by the standard library, which reads them as
+    ``float('nan')`` and ``float('inf')``. (Only the rare answer pays for the slower parser.)
+    """
+    try:
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(content)
+    except ValueError:  # json.JSONDecodeError and undecodable bytes
+        return None
 
 
 def decode_predict_response(outputs: dict | list, n_rows: int) -> Prediction:
@@ -143,9 +162,8 @@ class RestBackend:
                 f"TF Serving at {self.base_url} is not reachable (connection failed): is the server running "
                 "and the URL right?"
             ) from None
-        try:
-            body = orjson.loads(response.content)
-        except orjson.JSONDecodeError:
+        body = parse_json(response.content)
+        if body is None:
             body = {"error": response.text[:200]}
         if not response.ok:
             message = body.get("error", response.reason) if isinstance(body, dict) else response.reason
