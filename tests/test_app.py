@@ -73,6 +73,9 @@ def test_uploading_one_clip_shows_verdict_gauge_plots_and_status(app):
     verdicts = _verdicts(at)
     assert len(verdicts) == 1 and SAMPLE_ANOMALY.name in verdicts[0]
     assert "above the decision threshold" in verdicts[0] or "below the decision threshold" in verdicts[0]
+    # the verdict at a glance: one word in large type and its colour, the sentence's verdict
+    word = "anomalous" if "sounds **anomalous**" in verdicts[0] else "normal"
+    assert f"## :{'red' if word == 'anomalous' else 'green'}[{word.upper()}]" in [m.value for m in at.markdown]
     labels = {m.label: m.value for m in at.metric}
     assert set(labels) == {"Anomaly score", "Decision threshold", "Margin"}
     assert float(labels["Anomaly score"]) > 0

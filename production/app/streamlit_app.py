@@ -273,8 +273,18 @@ def verdict_sentence(result: ClipResult) -> str:
             f"threshold {result.threshold:.4f}.")
 
 
+# The verdict at a glance: one word in large type and its colour, before the sentence.
+HEADLINE_COLOURS = {ANOMALOUS: "red", UNFAMILIAR: "orange"}
+
+
+def headline(result: ClipResult) -> str:
+    """``## :red[ANOMALOUS]`` and the like (Streamlit Markdown), for ``result``'s verdict."""
+    return f"## :{HEADLINE_COLOURS.get(result.verdict, 'green')}[{result.verdict.upper()}]"
+
+
 def show_clip(result: ClipResult, data: bytes, detector: Detector) -> None:
     meta = detector.metadata
+    st.markdown(headline(result))
     st.audio(data)
     for note in result.notes:
         st.info(f"Note: {note}.")
