@@ -78,6 +78,7 @@ def test_evaluate_prints_and_writes_the_metrics(trained_model, tmp_path):
         assert metrics[key] == pytest.approx(result.metadata.evaluation[key])
         assert f"{metrics[key]:.4f}" in run.stdout
     assert "official score" in run.stdout
+    assert "fewer than 20 normal or anomalous clips per domain (section 00 source: 2 normal, 2 anomalous" in run.stderr
 
 
 def test_bad_config_and_bad_model_dir_exit_2(tmp_path):

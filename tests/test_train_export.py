@@ -1,6 +1,7 @@
 """A real training run on the shipped subset, its SavedModel and its metadata."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from asd.inference import Detector
 from asd.layout import ModelNotFoundError, next_version, resolve_version_dir
 from asd.metadata import ModelMetadata, ModelMismatchError
 
-from .conftest import SAMPLE_ANOMALY
+from .conftest import SAMPLE_ANOMALY, SUBSET
 
 
 def test_training_exports_a_savedmodel_in_tf_serving_layout(trained_model):
@@ -56,6 +57,11 @@ def test_metadata_carries_what_the_app_must_agree_with(trained_model):
     assert len(meta.normalisation["mean_db"]) == 128
     assert meta.training["n_train_clips"] + meta.training["n_validation_clips"] == 10
     assert meta.training["epochs_run"] == 2 and meta.training["versions"]["tensorflow"]
+    # provenance paths relative to where asd ran (the repository), not this machine's absolute ones
+    paths = [meta.training["data_dir"], meta.training["tensorboard_run"],
+             *(meta.training["config"][k] for k in ("data_dir", "models_dir", "runs_dir"))]
+    assert not any(Path(p).is_absolute() for p in paths), paths
+    assert (Path.cwd() / meta.training["data_dir"]).resolve() == SUBSET.resolve()
     evaluation = meta.evaluation
     assert evaluation["n_clips"] == 8
     for key in ("auc_source", "auc_target", "pauc", "official_score"):

@@ -24,6 +24,9 @@ from .serving import ServingError
 from .tensorflow_import import import_tensorflow
 
 EXIT_BAD_INPUT = 2
+# asd evaluate warns below this many normal or anomalous clips in a domain (DCASE test
+# sets have 50 each): with n of them, one clip can move an AUC by up to 1/n
+MIN_CLIPS_PER_DOMAIN = 20
 EXIT_LOAD_TEST_FAILED = 1  # asd loadtest: a request was lost or answered wrongly
 # Errors a user can act on: reported in one line, never as a traceback.
 USER_ERRORS = (
@@ -124,6 +127,13 @@ def cmd_evaluate(args) -> int:
     detector = _detector(args)
     metrics, rows = evaluate_directory(detector, args.data)
     print(_format_metrics(metrics))
+    few = [f"section {section} {domain}: {f['n_normal']} normal, {f['n_anomaly']} anomalous"
+           for section, values in metrics["sections"].items() for domain, f in values["per_domain"].items()
+           if min(f["n_normal"], f["n_anomaly"]) < MIN_CLIPS_PER_DOMAIN]
+    if few:
+        print(f"asd: note: fewer than {MIN_CLIPS_PER_DOMAIN} normal or anomalous clips per domain ({'; '.join(few)}): "
+              "with n clips, one clip can move an AUC by up to 1/n; do not compare models on these figures",
+              file=sys.stderr)
     if args.json:
         Path(args.json).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
         print(f"metrics written to {args.json}")

@@ -13,6 +13,7 @@ labelled test clips when present, and export a SavedModel with its metadata.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -101,6 +102,13 @@ def train(config: TrainConfig, log=print) -> TrainResult:
     return TrainResult(version_dir=version_dir, run_dir=run_dir, metadata=metadata)
 
 
+def portable_path(path: str | Path) -> str:
+    """``path`` as the metadata records it: relative to the working directory (the
+    repository, where ``asd`` runs), so a shipped model does not carry the absolute paths
+    of the machine that trained it (``/home/me/data/...`` becomes ``../data/...``)."""
+    return os.path.relpath(path) if Path(path).is_absolute() else str(path)
+
+
 def export_fitted(
     detector: ServableDetector,
     train_set,
@@ -163,9 +171,10 @@ def export_fitted(
         input=detector.input_name,
         input_samples=detector.input_samples,
         training={
-            "config": settings,
+            "config": {k: portable_path(v) if k in ("data_dir", "models_dir", "runs_dir") else v
+                       for k, v in settings.items()},
             "seed": detector.seed,
-            "data_dir": str(data_dir),
+            "data_dir": portable_path(data_dir),
             "n_train_clips": info.get("n_fit_clips", len(clips)),
             "n_validation_clips": info.get("n_validation_clips", 0),
             "n_clips_by_domain": {d: sum(c.domain == d for c in clips) for d in ("source", "target")},
@@ -182,7 +191,7 @@ def export_fitted(
                 "librosa": __import__("librosa").__version__,
                 "python": platform.python_version(),
             },
-            "tensorboard_run": str(run_dir),
+            "tensorboard_run": portable_path(run_dir),
         },
     )
     if evaluate and (Path(data_dir) / "test").is_dir():
