@@ -23,14 +23,21 @@ def _one_line_error(result):
     return lines[-1]
 
 
-def test_score_prints_one_line_per_file(trained_model):
+def _rows(stdout: str) -> list[list[str]]:
+    """asd score's table rows, after its "# model" line and column header (checked)."""
+    lines = stdout.rstrip("\n").split("\n")
+    assert lines[0].startswith("# model toycar v") and lines[1] == "file\tanomaly_score\tthreshold\tverdict\tnotes"
+    return [line.split("\t") for line in lines[2:]]
+
+
+def test_score_prints_the_model_a_header_and_one_line_per_file(trained_model):
     models_dir, result = trained_model
     run = asd("score", SAMPLE_NORMAL, SAMPLE_ANOMALY, "--model", models_dir)
     assert run.returncode == 0, run.stderr
-    lines = run.stdout.strip().splitlines()
-    assert len(lines) == 2
-    for line, clip in zip(lines, (SAMPLE_NORMAL, SAMPLE_ANOMALY)):
-        file, score, threshold, verdict = line.split("\t")
+    assert run.stdout.startswith(f"# model toycar v{result.metadata.version} (conv_ae): decision threshold ")
+    rows = _rows(run.stdout)
+    assert len(rows) == 2
+    for (file, score, threshold, verdict, notes), clip in zip(rows, (SAMPLE_NORMAL, SAMPLE_ANOMALY)):
         assert file == str(clip)
         assert float(threshold) == pytest.approx(result.metadata.threshold_value, abs=1e-6)
         assert verdict == ("anomalous" if float(score) > float(threshold) else "normal")
@@ -53,7 +60,7 @@ def test_score_unreadable_input_exits_2_with_one_line(trained_model, tmp_path):
         assert message in line and str(bad.name) in line
     # good files are still scored when one in the batch is bad
     mixed = asd("score", SAMPLE_NORMAL, text, "--model", models_dir)
-    assert mixed.returncode == 2 and len(mixed.stdout.strip().splitlines()) == 1
+    assert mixed.returncode == 2 and len(_rows(mixed.stdout)) == 1
 
 
 def test_score_through_a_server(trained_model):
@@ -63,7 +70,7 @@ def test_score_through_a_server(trained_model):
     with StandInServer(models_dir) as server:
         run = asd("score", SAMPLE_ANOMALY, "--server", server.url, "--name", "toycar")
     assert run.returncode == 0, run.stderr
-    assert run.stdout.split("\t")[0] == str(SAMPLE_ANOMALY)
+    assert _rows(run.stdout)[0][0] == str(SAMPLE_ANOMALY)
     line = _one_line_error(asd("score", SAMPLE_ANOMALY, "--server", server.url, "--name", "toycar", "--timeout", "2"))
     assert "not reachable" in line
 
@@ -92,7 +99,7 @@ def test_score_calls_other_machines_unfamiliar_and_says_what_to_check(waveform_m
     column says unfamiliar, and one line says what to check."""
     run = asd("score", SAMPLE_NORMAL, *OTHER_MACHINE_CLIPS, "--model", waveform_model)
     assert run.returncode == 0, run.stderr
-    verdicts = [line.split("\t")[3] for line in run.stdout.strip().splitlines()]
+    verdicts = [row[3] for row in _rows(run.stdout)]
     assert verdicts[1:] == ["unfamiliar"] * len(OTHER_MACHINE_CLIPS) and verdicts[0] != "unfamiliar"
     assert f"asd: {len(OTHER_MACHINE_CLIPS)} clip(s) unfamiliar: " in run.stderr
     assert "the model is the one for this machine type" in run.stderr
@@ -110,9 +117,9 @@ def test_score_picks_one_channel_of_a_multichannel_wav(waveform_model, tmp_path)
     assert "downmixed 8 channels to mono" in mixed.stdout
     third = asd("score", wavex, clips[2], "--model", waveform_model, "--channel", "3")
     assert third.returncode == 0, third.stderr
-    picked, alone = third.stdout.strip().splitlines()
-    assert "used channel 3 of 8" in picked
-    assert float(picked.split("\t")[1]) == pytest.approx(float(alone.split("\t")[1]), rel=1e-4)
+    picked, alone = _rows(third.stdout)
+    assert picked[4] == "used channel 3 of 8"
+    assert float(picked[1]) == pytest.approx(float(alone[1]), rel=1e-4)
     line = _one_line_error(asd("score", wavex, "--model", waveform_model, "--channel", "9"))
     assert "channel 9 was asked for, but the file has 8 channels" in line
     assert asd("score", wavex, "--model", waveform_model, "--channel", "0").returncode == 2  # usage error
@@ -146,8 +153,17 @@ def test_a_file_that_is_not_audio_is_answered_before_tensorflow_loads():
 
 def test_scoring_a_sample_prints_no_tensorflow_lines():
     run = asd("score", SAMPLE_NORMAL, "--model", REPO / "production" / "models")
-    assert run.returncode == 0 and run.stdout.count("\t") >= 3
+    assert run.returncode == 0 and len(_rows(run.stdout)) == 1
     assert run.stderr == "", run.stderr
+
+
+def test_score_json_lines_carry_the_model_and_every_figure(waveform_model):
+    run = asd("score", SAMPLE_NORMAL, OTHER_MACHINE_CLIPS[0], "--model", waveform_model, "--json")
+    assert run.returncode == 0, run.stderr
+    records = [json.loads(line) for line in run.stdout.splitlines()]
+    assert [r["file"] for r in records] == [str(SAMPLE_NORMAL), str(OTHER_MACHINE_CLIPS[0])]
+    assert records[1]["verdict"] == "unfamiliar" and records[1]["unfamiliarity"] > records[1]["unfamiliar_threshold"]
+    assert all(r["model"] == {"name": "toycar", "version": 1} and r["threshold"] > 0 for r in records)
 
 
 def test_train_exports_to_runs_models_unless_told_to_ship(tmp_path):

@@ -253,10 +253,10 @@ def test_cli_scores_through_grpc(server):
         capture_output=True, text=True, timeout=300,
     )
     assert run.returncode == 0, run.stderr
-    lines = run.stdout.strip().splitlines()
+    lines = run.stdout.rstrip("\n").split("\n")[2:]  # after the "# model" line and the column header
     assert [line.split("\t")[0] for line in lines] == [str(SAMPLE_NORMAL), str(SAMPLE_ANOMALY)]
     for line in lines:
-        _, score, threshold, verdict = line.split("\t")
+        _, score, threshold, verdict, _ = line.split("\t")
         assert verdict == ("anomalous" if float(score) > float(threshold) else "normal")
     down = subprocess.run(
         [sys.executable, "-m", "asd.cli", "score", str(SAMPLE_NORMAL), "--server", f"grpc://127.0.0.1:{free_port()}",

@@ -143,6 +143,11 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+# asd score's tab-separated columns (after a "# model ..." line); --json writes these keys
+# and the model, unfamiliarity and unfamiliar threshold as JSON Lines instead
+SCORE_COLUMNS = ("file", "anomaly_score", "threshold", "verdict", "notes")
+
+
 def _header_problem(file: str) -> str | None:
     """Why ``file`` cannot be scored, if its header alone says so (no model needed)."""
     try:
@@ -161,6 +166,13 @@ def cmd_score(args) -> int:
             print(f"asd: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
     detector = _detector(args)
+    meta = detector.metadata
+    model = {"name": meta.name, "version": meta.version}
+    if not args.json:
+        unfamiliar_rule = f"; unfamiliar above {detector.unfamiliar_threshold:.6f}" if detector.unfamiliar_threshold else ""
+        print(f"# model {meta.name} v{meta.version} ({meta.detector}): decision threshold {detector.threshold:.6f}"
+              f"{unfamiliar_rule}")
+        print("\t".join(SCORE_COLUMNS), flush=True)
     failed, unfamiliar = 0, 0
     for file, outcome in detector.score_files(args.files, workers=args.workers, batch_size=args.batch_size,
                                               channel=args.channel):
@@ -171,8 +183,14 @@ def cmd_score(args) -> int:
         elif isinstance(outcome, OSError):  # missing, a directory, unreadable
             message = f"{file}: {outcome.strerror or outcome}"
         else:
-            notes = f"\t({'; '.join(outcome.notes)})" if outcome.notes else ""
-            print(f"{file}\t{outcome.score:.6f}\t{outcome.threshold:.6f}\t{outcome.verdict}{notes}", flush=True)
+            if args.json:
+                print(json.dumps({"file": str(file), "anomaly_score": outcome.score, "threshold": outcome.threshold,
+                                  "verdict": outcome.verdict, "unfamiliarity": outcome.unfamiliarity,
+                                  "unfamiliar_threshold": outcome.unfamiliar_threshold, "notes": outcome.notes,
+                                  "model": model}), flush=True)
+            else:
+                print(f"{file}\t{outcome.score:.6f}\t{outcome.threshold:.6f}\t{outcome.verdict}\t{'; '.join(outcome.notes)}",
+                      flush=True)
             unfamiliar += outcome.verdict == UNFAMILIAR
             continue
         failed += 1
@@ -297,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores-csv", metavar="FILE", help="also write each clip's score as CSV")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("score", help="score WAV/FLAC files: file, anomaly score, threshold, verdict")
+    p = sub.add_parser("score", help="score WAV/FLAC files: a '# model' line, then a tab-separated table "
+                       "(file, anomaly_score, threshold, verdict, notes)")
     p.add_argument("files", nargs="+", metavar="FILE")
     _add_backend_options(p)
     p.add_argument("--workers", type=int, default=2,
@@ -307,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "never more than 512 input rows, TF Serving's max_batch_size)")
     p.add_argument("--channel", type=_positive_int, metavar="N",
                    help="score channel N (1 = first) of multi-channel files instead of their average")
+    p.add_argument("--json", action="store_true",
+                   help="write one JSON object per clip (JSON Lines: file, anomaly_score, threshold, verdict, "
+                        "unfamiliarity, unfamiliar_threshold, notes, model) instead of the table")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("robustness", help="score the labelled test clips clean and through the recording chain "

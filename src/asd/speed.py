@@ -216,7 +216,7 @@ def measure_scoring(settings: BenchSettings, version: int, clips: list[Path], lo
         ])
         if run["returncode"] != 0:
             raise RuntimeError(f"asd score failed ({run['returncode']}): {run['stderr'][-2000:]}")
-        n_lines = len(run["stdout"].splitlines())
+        n_lines = len(run["stdout"].splitlines()) - 2  # after the "# model" line and the column header
         if n_lines != len(clips):
             raise RuntimeError(f"asd score printed {n_lines} lines for {len(clips)} clips")
         cold_runs.append(run)
