@@ -1,6 +1,7 @@
 """The asd command, run as a user runs it (a subprocess), on real clips."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -182,3 +183,14 @@ def test_train_exports_to_runs_models_unless_told_to_ship(tmp_path):
     run = subprocess.run([*args, "--models-dir", str(elsewhere)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     assert (elsewhere / "toycar" / "1" / "saved_model.pb").is_file()
+
+
+def test_train_names_an_unset_data_variable(tmp_path):
+    """The shipped config finds the data through ASD_DATA_DIR: unset, the one line says so."""
+    env = {k: v for k, v in os.environ.items() if k != "ASD_DATA_DIR"}
+    run = subprocess.run([sys.executable, "-m", "asd.cli", "train", "--config", str(CONFIG)], capture_output=True,
+                         text=True, timeout=300, env=env, cwd=tmp_path)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        "asd: error: data_dir ${ASD_DATA_DIR}/dcase2023t2/dev_data/ToyCar uses $ASD_DATA_DIR, which is not set: set it, "
+        "e.g. ASD_DATA_DIR=../shared/data (a folder laid out like ../shared/data), or give the folder with --set data_dir=..."]

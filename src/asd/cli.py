@@ -24,10 +24,10 @@ from .serving import ServingError
 from .tensorflow_import import import_tensorflow
 
 EXIT_BAD_INPUT = 2
+EXIT_LOAD_TEST_FAILED = 1  # asd loadtest: a request was lost or answered wrongly
 # asd evaluate warns below this many normal or anomalous clips in a domain (DCASE test
 # sets have 50 each): with n of them, one clip can move an AUC by up to 1/n
 MIN_CLIPS_PER_DOMAIN = 20
-EXIT_LOAD_TEST_FAILED = 1  # asd loadtest: a request was lost or answered wrongly
 # Errors a user can act on: reported in one line, never as a traceback.
 USER_ERRORS = (
     AudioError,
@@ -84,8 +84,9 @@ def _require_machine_type_folder(data: str) -> None:
 def cmd_train(args) -> int:
     from .config import load_train_config
 
+    import_tensorflow()  # quietly: checking the detector's settings imports the detectors
     config = load_train_config(args.config, args.set + ([f"models_dir={args.models_dir}"] if args.models_dir else []))
-    import_tensorflow()  # after the config is known to be valid
+    config.check_data_dir()
     from .train import train
 
     result = train(config)

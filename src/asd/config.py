@@ -8,6 +8,7 @@ nested ones (``--set training.epochs=3``). Values are parsed as YAML scalars.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,20 @@ class TrainConfig(_Strict):
     @classmethod
     def _expand(cls, value):
         return Path(os.path.expanduser(os.path.expandvars(str(value))))
+
+    def check_data_dir(self) -> None:
+        """Refuse a ``data_dir`` that still holds an unset variable (``expandvars`` leaves
+        ``${ASD_DATA_DIR}`` as it is), naming the variable to set.
+
+        Raises
+        ------
+        ConfigError
+        """
+        unset = re.findall(r"\$\{?(\w+)\}?", str(self.data_dir))
+        if unset:
+            raise ConfigError(f"data_dir {self.data_dir} uses ${unset[0]}, which is not set: set it, e.g. "
+                              f"{unset[0]}=../shared/data (a folder laid out like ../shared/data), "
+                              "or give the folder with --set data_dir=...")
 
     @field_validator("features")
     @classmethod
