@@ -2,6 +2,8 @@
 serving the real SavedModel trained on the subset."""
 
 
+import os
+
 import numpy as np
 import pytest
 import requests
@@ -140,3 +142,50 @@ def test_nan_and_infinity_in_an_answer_are_read_and_never_become_a_verdict(wavef
     detector = Detector(NaNBackend(InProcessBackend(waveform_model)))
     with pytest.raises(ServingError, match="non-finite anomaly score"):
         detector.score_file(SAMPLE_NORMAL)
+
+
+def test_requests_never_exceed_the_servers_max_batch_size(trained_model, tmp_path, monkeypatch):
+    """TF Serving refuses a request above batching.config's max_batch_size ("Task size N is
+    larger than maximum input batch size M"); the stand-in does the same. The client reads
+    the limit from the batching config and sends a long clip's patches in requests that
+    fit: a 200 s recording (cut to its first 60 s: 232 patches), against a server allowing
+    100 rows, is scored as in-process."""
+    import subprocess
+    import sys
+
+    import soundfile as sf
+
+    from asd.serving.inprocess import InProcessBackend
+    from asd.serving.standin import ModelRepository, StandInServer
+
+    models_dir, _ = trained_model
+    samples, rate = sf.read(SAMPLE_NORMAL, dtype="float32")
+    long_clip = tmp_path / "long.wav"
+    sf.write(long_clip, np.tile(samples, 17)[: 200 * rate], rate)
+    config = tmp_path / "batching.config"
+    config.write_text("max_batch_size { value: 100 }\nenable_large_batch_splitting { value: true }\n")
+    local = Detector(InProcessBackend(models_dir), max_request_rows=10_000).score_file(long_clip)
+    assert len(local.patch_error) == 232 and any("checked the first 60 s of 200.0 s" in n for n in local.notes)
+    with StandInServer(ModelRepository(models_dir, max_batch_size=100)) as server:
+        backend = RestBackend(server.url, "toycar")
+        with pytest.raises(ServingError, match="HTTP 400 .*Task size 101 is larger than maximum input batch size 100"):
+            backend.predict(np.zeros((101, 128, 32), np.float32))
+        run = subprocess.run(
+            [sys.executable, "-m", "asd.cli", "score", str(long_clip), "--server", server.url, "--name", "toycar"],
+            capture_output=True, text=True, timeout=300, env={**os.environ, "ASD_BATCHING_CONFIG": str(config)},
+        )
+    assert run.returncode == 0, run.stderr
+    row = run.stdout.rstrip("\n").split("\n")[2].split("\t")
+    assert float(row[1]) == pytest.approx(local.score, rel=1e-4) and "checked the first 60 s" in row[4]
+
+
+def test_the_batching_limit_is_read_from_the_deployments_config(tmp_path):
+    from asd.serving.batching import REPOSITORY_BATCHING_CONFIG, max_batch_size, max_request_rows
+
+    assert max_request_rows({}) == max_batch_size(REPOSITORY_BATCHING_CONFIG) == 512  # the shipped file
+    (tmp_path / "models.config").write_text("")
+    (tmp_path / "batching.config").write_text("# a comment: max_batch_size { value: 9 }\nmax_batch_size { value: 64 }\n")
+    assert max_request_rows({"ASD_MODELS_CONFIG": str(tmp_path / "models.config")}) == 64  # compose's /config
+    (tmp_path / "none.config").write_text("num_batch_threads { value: 4 }\n")
+    with pytest.raises(ValueError, match="no max_batch_size"):
+        max_request_rows({"ASD_BATCHING_CONFIG": str(tmp_path / "none.config")})

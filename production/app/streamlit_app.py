@@ -24,7 +24,7 @@ import streamlit as st
 from asd.app_figures import error_over_time, score_gauge, spectrogram_heatmap
 from asd.audio import AudioError, channel_count, load_audio
 from asd.features import ClipTooShortError
-from asd.inference import ClipFeatures, ClipResult, Detector
+from asd.inference import MAX_CLIP_SECONDS, ClipFeatures, ClipResult, Detector
 from asd.layout import ModelNotFoundError
 from asd.metadata import ModelMismatchError
 from asd.scoring import ANOMALOUS, UNFAMILIAR, UNFAMILIAR_ADVICE
@@ -33,7 +33,6 @@ from asd.serving.catalog import Deployment, ModelChoice
 
 SAMPLES_DIR = Path(__file__).resolve().parents[1] / "samples"
 UPLOAD_TYPES = ("wav", "flac")
-MAX_CLIP_SECONDS = 60.0  # longer uploads are cut (and the user told): DCASE clips are 10-12 s
 MODEL_ERRORS = (ValueError, ServingError, ModelNotFoundError, ModelMismatchError)
 CLIP_ERRORS = (AudioError, ClipTooShortError)
 

@@ -27,12 +27,12 @@ from .features import (
 )
 from .metadata import WAVEFORM_INPUT_NAME, ModelMetadata
 from .scoring import clip_score, verdict
-from .serving import ServingError
+from .serving import Prediction, ServingError
 
 
-# Rows one model request may hold: TF Serving's max_batch_size in
-# production/serving/batching.config, above which it refuses a request.
-MAX_REQUEST_ROWS = 512
+# One length rule for the CLI and the app: longer clips are cut to their first minute (and
+# the user told). DCASE clips are 10-12 s; the shipped model scores the first 12 s.
+MAX_CLIP_SECONDS = 60.0
 
 
 def _row_limited(batch: list, max_rows: int) -> Iterator[list]:
@@ -176,15 +176,26 @@ class Detector:
     backend : asd.serving.Backend
     features : FeatureConfig, optional
         Features this code computes; default the package's :class:`FeatureConfig`.
+    max_request_rows : int, optional
+        Input rows one model request may hold; a clip with more is sent in several.
+        Default: TF Serving's ``max_batch_size`` from the batching config the deployment
+        uses (:func:`asd.serving.batching.max_request_rows`), or no limit without one.
 
     Raises
     ------
     asd.metadata.ModelMismatchError
         If the model was trained on other feature settings.
+    ValueError
+        ``ASD_BATCHING_CONFIG`` names a file without ``max_batch_size``.
+    FileNotFoundError
+        ``ASD_BATCHING_CONFIG`` names a missing file.
     """
 
-    def __init__(self, backend, features: FeatureConfig | None = None):
+    def __init__(self, backend, features: FeatureConfig | None = None, max_request_rows: int | None = None):
+        from .serving.batching import max_request_rows as configured_rows
+
         self.backend = backend
+        self.max_request_rows = max_request_rows or configured_rows()
         self.features = features or FeatureConfig()
         self.metadata = backend.metadata
         self.metadata.check_features(self.features)
@@ -213,7 +224,8 @@ class Detector:
         return self.score_batch([prepared])[0]
 
     def score_batch(self, batch: list["ClipFeatures"]) -> list[ClipResult]:
-        """Score several clips' features with one model request (their inputs stacked).
+        """Score several clips' features with one model request (their inputs stacked;
+        several requests when they hold more than :attr:`max_request_rows` rows).
 
         One request instead of one per clip pays the runtime's per-call cost once:
         measured on 2 cores, 8 waveforms through the shipped spectrum model took 1.9 ms
@@ -234,7 +246,7 @@ class Detector:
             return []
         inputs = batch[0].inputs if len(batch) == 1 else np.concatenate([p.inputs for p in batch])
         started = time.perf_counter()
-        prediction = self.backend.predict(inputs)
+        prediction = self._predict(inputs)
         backend_seconds = time.perf_counter() - started
         ends = np.cumsum([len(p.inputs) for p in batch])
         results = []
@@ -247,6 +259,18 @@ class Detector:
                              backend_seconds, unfamiliarity)
             )
         return results
+
+    def _predict(self, inputs: np.ndarray) -> Prediction:
+        """The backend's prediction, in requests of at most :attr:`max_request_rows` rows
+        (TF Serving refuses larger ones), joined back in order."""
+        limit = self.max_request_rows
+        if limit is None or len(inputs) <= limit:
+            return self.backend.predict(inputs)
+        parts = [self.backend.predict(inputs[i : i + limit]) for i in range(0, len(inputs), limit)]
+        return Prediction(**{
+            name: None if getattr(parts[0], name) is None else np.concatenate([getattr(p, name) for p in parts])
+            for name in ("patch_error", "frame_error", "reconstruction", "unfamiliarity")
+        })
 
     def _result(self, prepared, patch_error, frame_error, reconstruction, backend_seconds, unfamiliarity) -> ClipResult:
         """A clip's result from its rows of the model's outputs."""
@@ -292,16 +316,18 @@ class Detector:
     def score_file(self, source: str | Path | bytes | BinaryIO, name: str | None = None,
                    channel: int | None = None) -> ClipResult:
         """Load (see :func:`asd.audio.load_audio`; ``channel`` picks one of a multi-channel
-        file's, 1 = first) and score one file.
+        file's, 1 = first; clips longer than :data:`MAX_CLIP_SECONDS` are cut, noted) and
+        score one file.
 
         Raises
         ------
         asd.audio.AudioError, asd.features.ClipTooShortError, asd.serving.ServingError
         """
-        return self.score_clip(load_audio(source, self.features.sample_rate, name=name, channel=channel))
+        return self.score_clip(load_audio(source, self.features.sample_rate, name=name, channel=channel,
+                                          max_seconds=MAX_CLIP_SECONDS))
 
     def score_files(
-        self, paths: Iterable[str | Path], workers: int = 2, batch_size: int = 8, max_rows: int = MAX_REQUEST_ROWS,
+        self, paths: Iterable[str | Path], workers: int = 2, batch_size: int = 8, max_rows: int | None = None,
         channel: int | None = None,
     ) -> Iterator[tuple[str | Path, ClipResult | Exception]]:
         """Score many files, in order: decoding and log-mel run ahead in threads, and the
@@ -321,9 +347,10 @@ class Detector:
         batch_size : int
             Clips per model request at most; also how far the threads run ahead (two
             batches, ~1 MB of features a clip).
-        max_rows : int
+        max_rows : int, optional
             Input rows (patches, or waveforms) per request at most: clips are not
-            batched beyond it (a clip larger on its own still goes whole).
+            batched beyond it (a clip larger on its own is split, :meth:`score_batch`).
+            Default :attr:`max_request_rows`, else 512.
         channel : int, optional
             Score only this channel (1 = first) of multi-channel files; default their
             average (:func:`asd.audio.load_audio`).
@@ -342,9 +369,11 @@ class Detector:
         """
 
         def prepare_file(path):
-            return self.prepare(load_audio(Path(path), self.features.sample_rate, name=str(path), channel=channel))
+            return self.prepare(load_audio(Path(path), self.features.sample_rate, name=str(path), channel=channel,
+                                           max_seconds=MAX_CLIP_SECONDS))
 
         batch_size = max(1, batch_size)
+        max_rows = max_rows or self.max_request_rows or 512  # 512: one clip at a time stays cheap in-process
         paths = iter(paths)
         with feature_threads(workers) as pool:
             pending = deque((p, pool.submit(prepare_file, p)) for p in itertools.islice(paths, 2 * batch_size))

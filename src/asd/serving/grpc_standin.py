@@ -111,7 +111,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 inputs[key] = tf.make_ndarray(proto)
             except (ValueError, TypeError) as exc:
                 raise RequestError("INVALID_ARGUMENT", f"input '{key}' is not a valid TensorProto: {exc}") from None
-        outputs = servable.run(signature_name, inputs)
+        outputs = servable.run(signature_name, inputs, self.repository.max_batch_size)
         names = list(request.output_filter) or list(outputs)
         for name in names:
             if name not in outputs:

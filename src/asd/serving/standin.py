@@ -132,7 +132,7 @@ class Servable:
             raise RequestError("FAILED_PRECONDITION", f'Serving signature key "{signature_name}" not found.')
         return self.loaded.signatures[signature_name].structured_input_signature[1]
 
-    def run(self, signature_name: str, inputs: dict) -> dict[str, np.ndarray]:
+    def run(self, signature_name: str, inputs: dict, max_batch_size: int | None = None) -> dict[str, np.ndarray]:
         """Run a signature.
 
         Parameters
@@ -141,6 +141,9 @@ class Servable:
         inputs : dict of str -> array-like
             One value per signature input (numpy arrays or nested lists), converted
             to the input's dtype.
+        max_batch_size : int, optional
+            Refuse a request with more rows, as TF Serving's request batching does
+            (``batching.config``'s ``max_batch_size``); None: no limit (no batching).
 
         Returns
         -------
@@ -170,6 +173,11 @@ class Servable:
                     raise RequestError(
                         "INVALID_ARGUMENT", f"input '{key}' has shape {tensors[key].shape}, the signature takes {spec.shape}"
                     )
+            rows = next(iter(tensors.values())).shape[0] if tensors else None
+            if max_batch_size is not None and rows is not None and rows > max_batch_size:
+                # TF Serving's batch scheduler, word for word (shared_batch_scheduler.h)
+                raise RequestError("INVALID_ARGUMENT",
+                                   f"Task size {rows} is larger than maximum input batch size {max_batch_size}")
             outputs = self.loaded.signatures[signature_name](**tensors)
         except (ValueError, TypeError, tf.errors.InvalidArgumentError) as exc:
             raise RequestError("INVALID_ARGUMENT", str(exc).splitlines()[0]) from None
@@ -187,14 +195,19 @@ class ModelRepository:
     models_dir : str or Path
         ``<models>/<name>/<version>/saved_model.pb``.
 
+    max_batch_size : int, optional
+        Requests with more rows are refused as TF Serving's batching refuses them (its
+        ``--batching_parameters_file``); None: no limit.
+
     Attributes
     ----------
     servables : dict of (str, int) -> Servable
         By model name and version.
     """
 
-    def __init__(self, models_dir: str | Path):
+    def __init__(self, models_dir: str | Path, max_batch_size: int | None = None):
         self.models_dir = Path(models_dir)
+        self.max_batch_size = max_batch_size
         self.servables = {
             (name, version): Servable(self.models_dir / name / str(version))
             for name in model_names(self.models_dir)
@@ -334,7 +347,7 @@ class StandInServer:
                 if len(specs) != 1:
                     raise RequestError("INVALID_ARGUMENT", "'inputs' must name each input for a multi-input signature")
                 inputs = {next(iter(specs)): inputs}
-        values = {k: _to_json(v) for k, v in servable.run(signature_name, inputs).items()}
+        values = {k: _to_json(v) for k, v in servable.run(signature_name, inputs, self.repository.max_batch_size).items()}
         if row_format:
             if len(values) == 1:
                 return {"predictions": next(iter(values.values()))}
@@ -460,8 +473,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--grpc-port", type=int, default=0, help="also serve gRPC on this port (TF Serving's --port, 8500); 0 = off (default)"
     )
+    parser.add_argument("--batching_parameters_file", metavar="FILE",
+                        help="refuse requests above its max_batch_size, as TF Serving with --enable_batching does "
+                             "(e.g. production/serving/batching.config); default: no limit")
     args = parser.parse_args(argv)
-    repository = ModelRepository(args.models)
+    limit = None
+    if args.batching_parameters_file:
+        from .batching import max_batch_size
+
+        limit = max_batch_size(args.batching_parameters_file)
+    repository = ModelRepository(args.models, max_batch_size=limit)
     server = StandInServer(repository, args.host, args.port)
     grpc_server = None
     if args.grpc_port:
