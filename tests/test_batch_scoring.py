@@ -61,3 +61,22 @@ def test_one_request_scores_a_batch(detector):
     assert calls == [sum(len(p.inputs) for p in prepared)]
     assert [r.name for r in results] == [p.name for p in prepared]
     assert len({r.backend_seconds for r in results}) == 1
+
+
+def test_skipping_the_display_log_mel_changes_no_score(detector):
+    """`asd score` skips the log-mel a waveform model does not take (display=False): same
+    scores, verdicts and frame count; a log-mel model still gets its spectrogram; a clip
+    shorter than one patch is refused either way."""
+    from asd.features import ClipTooShortError
+
+    clips = [c.path for c in list_clips(SUBSET / "test")]
+    shown = [r for _, r in detector.score_files(clips)]
+    lean = [r for _, r in detector.score_files(clips, display=False)]
+    waveform = detector.metadata.input == "waveform"
+    for a, b in zip(shown, lean):
+        assert (a.score, a.verdict, a.logmel.shape[1]) == (b.score, b.verdict, b.logmel.shape[1])
+        assert b.logmel.shape[0] == (0 if waveform else 128)
+    short = load_audio(clips[0], 16000)
+    short.samples = short.samples[:8000]
+    with pytest.raises(ClipTooShortError, match="clip too short: 16 frames"):
+        detector.prepare(short, display=False)

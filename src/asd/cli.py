@@ -176,7 +176,7 @@ def cmd_score(args) -> int:
         print("\t".join(SCORE_COLUMNS), flush=True)
     failed, unfamiliar = 0, 0
     for file, outcome in detector.score_files(args.files, workers=args.workers, batch_size=args.batch_size,
-                                              channel=args.channel):
+                                              channel=args.channel, display=False):
         if isinstance(outcome, AudioError):  # its message starts with the file name
             message = str(outcome)
         elif isinstance(outcome, ClipTooShortError):

@@ -46,7 +46,7 @@ def evaluate_directory(
     clips = list_clips(data_dir, split=None if Path(data_dir).name == "test" else "test")
     scores, verdicts = [], []
     for done, clip in enumerate(clips, 1):
-        result = detector.score_file(clip.path)
+        result = detector.score_file(clip.path, display=False)
         scores.append(result.score)
         verdicts.append(result.verdict)
         if progress:

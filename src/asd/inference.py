@@ -23,6 +23,7 @@ from .features import (
     clip_patches,
     feature_threads,
     fit_waveform,
+    patch_starts,
     patches_to_frames,
 )
 from .metadata import WAVEFORM_INPUT_NAME, ModelMetadata
@@ -64,7 +65,8 @@ class ClipResult:
         ``"normal"``, ``"anomalous"``, or ``"unfamiliar"`` (unlike every training clip: the
         score says nothing; :mod:`asd.familiarity`).
     logmel : np.ndarray [shape=(n_mels, n_frames), dtype=float32]
-        The clip's log-mel spectrogram (dB).
+        The clip's log-mel spectrogram (dB); ``(0, n_frames)`` when a waveform model's
+        was skipped (``display=False``).
     reconstruction : np.ndarray [shape=(n_mels, n_frames), dtype=float32] or None
         An autoencoder's reconstruction (dB), overlap-averaged over patches; None for
         detectors that do not reconstruct.
@@ -112,7 +114,7 @@ class ClipResult:
 
 
 def model_input(
-    samples: np.ndarray, metadata: ModelMetadata, features: FeatureConfig
+    samples: np.ndarray, metadata: ModelMetadata, features: FeatureConfig, display: bool = True
 ) -> tuple[np.ndarray, np.ndarray, str | None]:
     """What a model's ``serving_default`` takes from a clip, as every client sends it.
 
@@ -123,11 +125,16 @@ def model_input(
     metadata : ModelMetadata
         Names the input: ``logmel_patches`` or ``waveform`` (with ``input_samples``).
     features : FeatureConfig
+    display : bool
+        Compute the log-mel spectrogram even where the model does not take it (waveform
+        models), for the app's plots. ``asd score`` and evaluation skip it: about 2 ms a
+        clip (benchmarks/speed).
 
     Returns
     -------
     logmel : np.ndarray [shape=(n_mels, n_frames), dtype=float32]
-        The clip's log-mel spectrogram (dB), for display and frame alignment.
+        The clip's log-mel spectrogram (dB), for display and frame alignment; shape
+        ``(0, n_frames)`` when a waveform model's was skipped (``display=False``).
     inputs : np.ndarray [dtype=float32]
         Log-mel patches ``(n_patches, n_mels, patch_frames)`` dB, or one waveform
         ``(1, input_samples)``.
@@ -139,10 +146,16 @@ def model_input(
     asd.features.ClipTooShortError
         Shorter than one patch.
     """
-    logmel, patches = clip_patches(samples, features)
     if metadata.input == WAVEFORM_INPUT_NAME:
+        if display:
+            logmel, _ = clip_patches(samples, features)
+        else:  # the frame count alone, and the same too-short rule as every clip
+            n_frames = 1 + len(samples) // features.hop_length  # centred frames, as log_mel_spectrogram's
+            patch_starts(n_frames, features)
+            logmel = np.zeros((0, n_frames), np.float32)
         waveform, note = fit_waveform(samples, metadata.input_samples, features.sample_rate)
         return logmel, waveform[None, :], note
+    logmel, patches = clip_patches(samples, features)
     return logmel, patches, None
 
 
@@ -202,15 +215,16 @@ class Detector:
         self.threshold = self.metadata.threshold_value
         self.unfamiliar_threshold = self.metadata.unfamiliar_threshold
 
-    def prepare(self, clip: AudioClip) -> "ClipFeatures":
-        """Compute what the model takes from a decoded clip (no model call; cacheable).
+    def prepare(self, clip: AudioClip, display: bool = True) -> "ClipFeatures":
+        """Compute what the model takes from a decoded clip (no model call; cacheable);
+        ``display=False`` skips a waveform model's log-mel (:func:`model_input`).
 
         Raises
         ------
         asd.features.ClipTooShortError
             Shorter than one patch.
         """
-        logmel, inputs, note = model_input(clip.samples, self.metadata, self.features)
+        logmel, inputs, note = model_input(clip.samples, self.metadata, self.features, display)
         return ClipFeatures(name=clip.name, logmel=logmel, inputs=inputs, notes=list(clip.notes) + ([note] if note else []))
 
     def score_features(self, prepared: "ClipFeatures") -> ClipResult:
@@ -314,21 +328,21 @@ class Detector:
         return self.score_features(self.prepare(clip))
 
     def score_file(self, source: str | Path | bytes | BinaryIO, name: str | None = None,
-                   channel: int | None = None) -> ClipResult:
+                   channel: int | None = None, display: bool = True) -> ClipResult:
         """Load (see :func:`asd.audio.load_audio`; ``channel`` picks one of a multi-channel
         file's, 1 = first; clips longer than :data:`MAX_CLIP_SECONDS` are cut, noted) and
-        score one file.
+        score one file; ``display=False`` as in :meth:`prepare`.
 
         Raises
         ------
         asd.audio.AudioError, asd.features.ClipTooShortError, asd.serving.ServingError
         """
-        return self.score_clip(load_audio(source, self.features.sample_rate, name=name, channel=channel,
-                                          max_seconds=MAX_CLIP_SECONDS))
+        clip = load_audio(source, self.features.sample_rate, name=name, channel=channel, max_seconds=MAX_CLIP_SECONDS)
+        return self.score_features(self.prepare(clip, display))
 
     def score_files(
         self, paths: Iterable[str | Path], workers: int = 2, batch_size: int = 8, max_rows: int | None = None,
-        channel: int | None = None,
+        channel: int | None = None, display: bool = True,
     ) -> Iterator[tuple[str | Path, ClipResult | Exception]]:
         """Score many files, in order: decoding and log-mel run ahead in threads, and the
         clips ready when the model is free go to it in one request.
@@ -354,6 +368,9 @@ class Detector:
         channel : int, optional
             Score only this channel (1 = first) of multi-channel files; default their
             average (:func:`asd.audio.load_audio`).
+        display : bool
+            Keep each clip's log-mel spectrogram for plots; ``False`` skips it where the
+            model does not take it (``asd score``).
 
         Yields
         ------
@@ -370,7 +387,7 @@ class Detector:
 
         def prepare_file(path):
             return self.prepare(load_audio(Path(path), self.features.sample_rate, name=str(path), channel=channel,
-                                           max_seconds=MAX_CLIP_SECONDS))
+                                           max_seconds=MAX_CLIP_SECONDS), display)
 
         batch_size = max(1, batch_size)
         max_rows = max_rows or self.max_request_rows or 512  # 512: one clip at a time stays cheap in-process

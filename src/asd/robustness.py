@@ -167,7 +167,7 @@ def run_robustness(detector: Detector, data_dir: str | Path, out_dir: str | Path
         files = [perturbation.make(samples, rate, rng) for samples in originals]
 
         def prepare(i):
-            return detector.prepare(load_audio(files[i], rate, name=clips[i].path.name))
+            return detector.prepare(load_audio(files[i], rate, name=clips[i].path.name), display=False)
 
         with ThreadPoolExecutor(2) as pool:
             prepared = list(pool.map(prepare, range(len(clips))))

@@ -174,19 +174,21 @@ def measure_scoring(settings: BenchSettings, version: int, clips: list[Path], lo
         ``warm_clips_per_s`` (the pipelined ``Detector.score_files``, as ``asd score``
         runs it, after a warm-up pass), ``sequential_clips_per_s`` (the naive way: one
         clip at a time, no look-ahead, one request a clip), ``stage_ms`` (median per clip
-        of decode, log-mel and the model request in that sequential run), ``cold`` (fresh
+        of decode, log-mel (none for waveform models, which ``asd score`` spares it) and
+        the model request in that sequential run), ``cold`` (fresh
         ``asd score`` processes: clips/s with start-up, start-up seconds, peak RSS).
     """
     from .audio import load_audio
 
     detector = _detector(settings.models, settings.name, version)
     sample_rate = detector.features.sample_rate
-    list(detector.score_files(clips[: min(len(clips), 16)]))  # warm-up: graph traces, first calls, caches
+    # as asd score runs it: no log-mel a waveform model does not take (display=False)
+    list(detector.score_files(clips[: min(len(clips), 16)], display=False))  # warm-up: graph traces, first calls
 
     warm = []
     for _ in range(settings.repeats):
         started = time.perf_counter()
-        n_scored = sum(1 for _, outcome in detector.score_files(clips) if not isinstance(outcome, Exception))
+        n_scored = sum(1 for _, outcome in detector.score_files(clips, display=False) if not isinstance(outcome, Exception))
         warm.append(n_scored / (time.perf_counter() - started))
     log(f"  v{version} warm: {statistics.median(warm):.1f} clips/s")
 
@@ -198,7 +200,7 @@ def measure_scoring(settings: BenchSettings, version: int, clips: list[Path], lo
             t0 = time.perf_counter()
             clip = load_audio(path, sample_rate, name=str(path))
             t1 = time.perf_counter()
-            prepared = detector.prepare(clip)
+            prepared = detector.prepare(clip, display=False)
             t2 = time.perf_counter()
             detector.score_features(prepared)
             t3 = time.perf_counter()
