@@ -360,7 +360,7 @@ class StandInServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
-            # TCP_NODELAY, as TF Serving's C++ server: otherwise a small answer's body waits
+            # TCP_NODELAY (whether TF Serving's HTTP server sets it was not checked): otherwise a small answer's body waits
             # for the ACK of its headers (Nagle + delayed ACK: ~40 ms a request on loopback).
             disable_nagle_algorithm = True
 
