@@ -74,8 +74,9 @@ def test_skipping_the_display_log_mel_changes_no_score(detector):
     lean = [r for _, r in detector.score_files(clips, display=False)]
     waveform = detector.metadata.input == "waveform"
     for a, b in zip(shown, lean):
-        assert (a.score, a.verdict, a.logmel.shape[1]) == (b.score, b.verdict, b.logmel.shape[1])
-        assert b.logmel.shape[0] == (0 if waveform else 128)
+        # the batches score_files forms depend on thread timing: scores to batched-inference precision
+        assert a.score == pytest.approx(b.score, rel=1e-5) and a.verdict == b.verdict
+        assert a.logmel.shape[1] == b.logmel.shape[1] and b.logmel.shape[0] == (0 if waveform else 128)
     short = load_audio(clips[0], 16000)
     short.samples = short.samples[:8000]
     with pytest.raises(ClipTooShortError, match="clip too short: 16 frames"):
