@@ -113,7 +113,10 @@ class FamiliarityReference:
             raise ValueError("the unfamiliar threshold needs at least 2 training clips")
         refs = np.concatenate([familiarity_features(tf.constant(waveforms[i : i + batch]), sample_rate).numpy()
                                for i in range(0, len(waveforms), batch)])
-        squared = ((refs[:, None, :] - refs[None, :, :]) ** 2).mean(axis=2)
+        # squared distances by the expanded form (an (n, n) matrix, not (n, n, 256)), in float64
+        r = refs.astype(np.float64)
+        norms = (r**2).sum(axis=1)
+        squared = np.maximum(norms[:, None] + norms[None, :] - 2.0 * r @ r.T, 0.0) / r.shape[1]
         np.fill_diagonal(squared, np.inf)
         loo = float(np.sqrt(squared.min(axis=1)).max())
         return cls(references=refs.astype(np.float32), threshold=THRESHOLD_FACTOR * loo, max_leave_one_out=loo)
