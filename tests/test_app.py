@@ -76,6 +76,10 @@ def test_uploading_one_clip_shows_verdict_gauge_plots_and_status(app):
     # the verdict at a glance: one word in large type and its colour, the sentence's verdict
     word = "anomalous" if "sounds **anomalous**" in verdicts[0] else "normal"
     assert f"## :{'red' if word == 'anomalous' else 'green'}[{word.upper()}]" in [m.value for m in at.markdown]
+    # the shipped model's quality in words, from its evaluation (asd evaluate: 22 of 100
+    # anomalies flagged, 10 of 100 normal clips)
+    assert ("On its 200 test recordings it caught **22 of 100** faulty machines and raised **10 false alarms per "
+            "100** healthy ones.") in _texts(at.sidebar.markdown)
     labels = {m.label: m.value for m in at.metric}
     assert set(labels) == {"Anomaly score", "Decision threshold", "Margin"}
     assert float(labels["Anomaly score"]) > 0

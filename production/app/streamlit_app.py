@@ -91,6 +91,9 @@ def show_model(detector: Detector) -> None:
         )
         figures = meta.evaluation
         if figures:
+            in_words = quality_in_words(figures)
+            if in_words:
+                st.markdown(in_words)
             st.caption(
                 f"Evaluation on its test set: AUC-source {figures['auc_source']:.3f}, "
                 f"AUC-target {figures['auc_target']:.3f}, pAUC {figures['pauc']:.3f}, "
@@ -101,6 +104,19 @@ def show_model(detector: Detector) -> None:
             f"log-mel: {features.sample_rate} Hz, n_fft {features.n_fft}, hop {features.hop_length}, "
             f"n_mels {features.n_mels}; input: {meta.input}"
         )
+
+
+def quality_in_words(evaluation: dict) -> str | None:
+    """What the model's test figures mean at its threshold, for a maintenance engineer:
+    faulty machines caught of 100 and false alarms per 100 healthy ones; None when the
+    evaluation lacks the counts (models exported before they were recorded)."""
+    domains = [d for section in evaluation.get("sections", {}).values() for d in section["per_domain"].values()]
+    if not domains or any("n_anomaly_flagged" not in d for d in domains):
+        return None
+    anomalies, normals = sum(d["n_anomaly"] for d in domains), sum(d["n_normal"] for d in domains)
+    caught, alarms = sum(d["n_anomaly_flagged"] for d in domains), sum(d["n_normal_flagged"] for d in domains)
+    return (f"On its {anomalies + normals} test recordings it caught **{100 * caught / anomalies:.0f} of 100** faulty "
+            f"machines and raised **{100 * alarms / normals:.0f} false alarms per 100** healthy ones.")
 
 
 def show_status(deployment: Deployment, detector: Detector | None, problem: str | None = None) -> None:
