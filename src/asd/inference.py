@@ -10,7 +10,7 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import BinaryIO
 
@@ -282,17 +282,18 @@ class Detector:
             return self.backend.predict(inputs)
         parts = [self.backend.predict(inputs[i : i + limit]) for i in range(0, len(inputs), limit)]
         return Prediction(**{
-            name: None if getattr(parts[0], name) is None else np.concatenate([getattr(p, name) for p in parts])
-            for name in ("patch_error", "frame_error", "reconstruction", "unfamiliarity")
+            f.name: None if getattr(parts[0], f.name) is None else np.concatenate([getattr(p, f.name) for p in parts])
+            for f in fields(Prediction)
         })
 
     def _result(self, prepared, patch_error, frame_error, reconstruction, backend_seconds, unfamiliarity) -> ClipResult:
         """A clip's result from its rows of the model's outputs."""
         n_frames = prepared.logmel.shape[1]
-        if not np.isfinite(patch_error).all():  # TF Serving sends NaN/Infinity as such
+        try:
+            score = clip_score(patch_error)
+        except ValueError:  # its check: TF Serving sends NaN/Infinity as such, never a verdict
             raise ServingError(f"the model returned a non-finite anomaly score for {prepared.name}; "
-                               "the model or its input is broken, so no verdict is given")
-        score = clip_score(patch_error)
+                               "the model or its input is broken, so no verdict is given") from None
         # a waveform model's one row per clip; None when the model has no such output
         unfamiliarity = None if unfamiliarity is None else float(np.max(unfamiliarity))
         if self.metadata.input == WAVEFORM_INPUT_NAME:

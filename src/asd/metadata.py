@@ -24,7 +24,8 @@ INPUT_NAME = "logmel_patches"
 # The other input a served detector may take: the clip's samples, (batch, input_samples)
 # float32 in [-1, 1] at the feature sample rate (whole-clip spectrum detectors).
 WAVEFORM_INPUT_NAME = "waveform"
-# serving_default outputs: autoencoders give all three; other detectors the last two.
+# serving_default outputs: every model gives patch_error and frame_error; autoencoders also
+# reconstruction, waveform models also unfamiliarity (asd.familiarity).
 OUTPUT_NAMES = ("reconstruction", "patch_error", "frame_error", "unfamiliarity")
 # What a model exported without a signature record gives (asd's first models).
 DEFAULT_OUTPUT_NAMES = ("reconstruction", "patch_error", "frame_error")

@@ -32,6 +32,8 @@ def max_batch_size(path: str | Path) -> int:
     ValueError
         The file sets no ``max_batch_size``.
     """
+    # a regular expression, not text_format: the BatchingParameters proto is not in
+    # tensorflow-serving-api, and TensorFlow's own copy would load TensorFlow in the app
     text = Path(path).read_text(encoding="utf-8")
     text = "\n".join(line.split("#", 1)[0] for line in text.splitlines())  # comments out
     found = re.search(r"\bmax_batch_size\s*\{\s*value\s*:\s*(\d+)\s*\}", text)
