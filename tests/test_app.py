@@ -166,7 +166,7 @@ def test_a_microphone_recording_is_checked(app):
 
 
 def test_app_through_rest_against_the_stand_in_server(app, two_versions):
-    from asd.serving.standin import StandInServer
+    from asd.standins.rest import StandInServer
 
     config = REPO / "production" / "serving" / "models.config"
     with StandInServer(two_versions) as server:
@@ -207,7 +207,7 @@ def test_app_path_imports_without_tensorflow():
 
 
 def test_app_through_grpc_against_the_grpc_stand_in(app, two_versions):
-    from asd.serving.grpc_standin import GrpcStandInServer
+    from asd.standins.grpc import GrpcStandInServer
 
     with GrpcStandInServer(two_versions) as server:
         at = app(ASD_SERVING_URL=f"grpc://{server.target}", ASD_MODEL_NAME="toycar")

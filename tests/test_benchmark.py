@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from asd.benchmark import held_apart_halves
+from asd.measure.benchmark import held_apart_halves
 from asd.cli import main
 from asd.config import load_train_config
 from asd.data import list_clips

@@ -45,7 +45,7 @@ def app_url(tmp_path_factory):
     serving_port, app_port = free_port(), free_port()
     bin_dir = Path(sys.executable).parent
     server = _start(
-        [sys.executable, "-m", "asd.serving.standin", "--models", str(SHIPPED_MODELS), "--port", str(serving_port)],
+        [sys.executable, "-m", "asd.standins", "--models", str(SHIPPED_MODELS), "--port", str(serving_port)],
         env, logs / "serving.log", f"http://127.0.0.1:{serving_port}/v1/models/toycar",
     )
     app_env = {**env, "ASD_SERVING_URL": f"http://127.0.0.1:{serving_port}",

@@ -65,7 +65,7 @@ def test_score_unreadable_input_exits_2_with_one_line(trained_model, tmp_path):
 
 
 def test_score_through_a_server(trained_model):
-    from asd.serving.standin import StandInServer
+    from asd.standins.rest import StandInServer
 
     models_dir, _ = trained_model
     with StandInServer(models_dir) as server:

@@ -367,7 +367,7 @@ def _run_bash(script: str, **env) -> int:
 
 @pytest.fixture(scope="module")
 def standin():
-    from asd.serving.standin import StandInServer
+    from asd.standins.rest import StandInServer
 
     with StandInServer(SHIPPED_MODELS) as server:
         yield server

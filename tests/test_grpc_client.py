@@ -20,8 +20,9 @@ from .conftest import OTHER_MACHINE_CLIPS, SAMPLE_ANOMALY, SAMPLE_NORMAL, free_p
 @pytest.fixture(scope="module")
 def servers(trained_model):
     """REST and gRPC stand-ins sharing one loaded copy of the models."""
-    from asd.serving.grpc_standin import GrpcStandInServer
-    from asd.serving.standin import ModelRepository, StandInServer
+    from asd.standins.grpc import GrpcStandInServer
+    from asd.standins.repository import ModelRepository
+    from asd.standins.rest import StandInServer
 
     models_dir, _ = trained_model
     repository = ModelRepository(models_dir)
@@ -269,14 +270,14 @@ def test_cli_scores_through_grpc(server):
 
 
 def test_stand_in_command_serves_rest_and_grpc(trained_model):
-    """python -m asd.serving.standin --models DIR --port P --grpc-port G"""
+    """python -m asd.standins --models DIR --port P --grpc-port G"""
     from asd.serving.grpc import GrpcBackend
     from asd.serving.rest import RestBackend
 
     models_dir, _ = trained_model
     rest_port, grpc_port = free_port(), free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "asd.serving.standin", "--models", str(models_dir), "--port", str(rest_port),
+        [sys.executable, "-m", "asd.standins", "--models", str(models_dir), "--port", str(rest_port),
          "--grpc-port", str(grpc_port)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
@@ -297,10 +298,10 @@ def test_waveform_input_models_are_served_through_grpc_like_in_process(waveform_
     `waveform`); gRPC sends them as float32 bytes: the same score as in-process, and as
     the REST stand-in over the same models (which rounds samples to 7 decimals)."""
     from asd.serving.grpc import GrpcBackend
-    from asd.serving.grpc_standin import GrpcStandInServer
+    from asd.standins.grpc import GrpcStandInServer
     from asd.serving.inprocess import InProcessBackend
     from asd.serving.rest import RestBackend
-    from asd.serving.standin import StandInServer
+    from asd.standins.rest import StandInServer
 
     local = Detector(InProcessBackend(waveform_model))
     assert local.metadata.input == "waveform" and local.metadata.input_samples == 192000

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from asd import loadtest
+from asd.measure import loadtest
 from asd.cli import main
 from asd.serving import Prediction, ServingError
 

@@ -17,7 +17,7 @@ from .conftest import OTHER_MACHINE_CLIPS, SAMPLE_ANOMALY, SAMPLE_NORMAL, free_p
 
 @pytest.fixture(scope="module")
 def server(trained_model):
-    from asd.serving.standin import StandInServer
+    from asd.standins.rest import StandInServer
 
     models_dir, _ = trained_model
     with StandInServer(models_dir) as running:
@@ -100,7 +100,7 @@ def test_waveform_input_models_are_served_through_rest_like_in_process(waveform_
     """A whole-clip spectrum detector takes the clip's samples (signature input
     `waveform`); the client sends them with 7 decimals and gets the same score."""
     from asd.serving.inprocess import InProcessBackend
-    from asd.serving.standin import StandInServer
+    from asd.standins.rest import StandInServer
 
     local = Detector(InProcessBackend(waveform_model))
     assert local.metadata.input == "waveform" and local.metadata.input_samples == 192000
@@ -156,7 +156,8 @@ def test_requests_never_exceed_the_servers_max_batch_size(trained_model, tmp_pat
     import soundfile as sf
 
     from asd.serving.inprocess import InProcessBackend
-    from asd.serving.standin import ModelRepository, StandInServer
+    from asd.standins.repository import ModelRepository
+    from asd.standins.rest import StandInServer
 
     models_dir, _ = trained_model
     samples, rate = sf.read(SAMPLE_NORMAL, dtype="float32")

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from asd.robustness import MAX_AUC_DROP, MAX_FALSE_ALARM_RISE, PERTURBATION_NAMES
+from asd.measure.robustness import MAX_AUC_DROP, MAX_FALSE_ALARM_RISE, PERTURBATION_NAMES
 
 from .conftest import REPO, SHIPPED_MODELS, SUBSET
 

@@ -109,7 +109,7 @@ def _shipped_half_b(tmp_path):
 
     import numpy as np
 
-    from asd.benchmark import held_apart_halves
+    from asd.measure.benchmark import held_apart_halves
 
     data = full_data_or_skip()
     scores_csv = tmp_path / "scores.csv"
@@ -136,7 +136,7 @@ def test_shipped_threshold_is_the_benchmarks_half_a_choice_and_spares_most_norma
     the first seed of the shipped row; on the held-apart half B the served scores give the
     false-alarm rates and recall the report (and README) quote, far below the baselines'
     rule's false alarms, with anomalies still caught."""
-    from asd.benchmark import rates_at
+    from asd.measure.benchmark import rates_at
 
     scores, labels, domains, report, meta = _shipped_half_b(tmp_path)
     first = report["detectors"][SHIPPED_ROW]["runs"][0]["threshold"]
@@ -155,7 +155,7 @@ def test_shipped_threshold_is_the_benchmarks_half_a_choice_and_spares_most_norma
 def test_shipped_threshold_keeps_false_alarms_in_bounds_on_half_b(tmp_path):
     """The goal: on half B, at most the benchmark's share of each domain's normal clips
     flagged (10 % source, 25 % target)."""
-    from asd.benchmark import rates_at
+    from asd.measure.benchmark import rates_at
 
     scores, labels, domains, report, meta = _shipped_half_b(tmp_path)
     rates = rates_at(meta.threshold["value"], scores, labels, domains)

@@ -202,7 +202,7 @@ def cmd_score(args) -> int:
 
 
 def cmd_robustness(args) -> int:
-    from .robustness import run_robustness
+    from .measure.robustness import run_robustness
 
     detector = _detector(args)
     names = [n.strip() for n in args.perturbations.split(",") if n.strip()] if args.perturbations else None
@@ -219,7 +219,7 @@ DEFAULT_BENCHMARK_CONFIG = "development/configs/benchmark.yaml"
 
 
 def cmd_benchmark(args) -> int:
-    from .benchmark import load_benchmark_config
+    from .measure.benchmark import load_benchmark_config
 
     config = load_benchmark_config(args.config, args.set)
     if args.seeds is not None:
@@ -228,7 +228,7 @@ def cmd_benchmark(args) -> int:
         config.seeds = config.seeds[: args.seeds]
     names = [d.strip() for d in args.detectors.split(",") if d.strip()] if args.detectors != "all" else list(config.detectors)
     _require_machine_type_folder(args.data)
-    from .benchmark import run_benchmark  # imports the detectors' libraries
+    from .measure.benchmark import run_benchmark  # imports the detectors' libraries
 
     run_benchmark(args.data, config, names, args.out, max_train_clips=args.max_train_clips)
     print((Path(args.out) / "results.md").read_text(), end="")
@@ -239,7 +239,7 @@ def cmd_benchmark(args) -> int:
 def cmd_loadtest(args) -> int:
     import glob
 
-    from .loadtest import DEFAULT_CLIPS_GLOB, available_backends, markdown_report, run_loadtest
+    from .measure.loadtest import DEFAULT_CLIPS_GLOB, available_backends, markdown_report, run_loadtest
 
     backends = [b.strip() for b in (args.backends or ",".join(available_backends())).split(",") if b.strip()]
     clips = sorted(glob.glob(DEFAULT_CLIPS_GLOB)) + list(args.clips)
@@ -259,7 +259,7 @@ def cmd_loadtest(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .speed import DEFAULT_TRAIN_CONFIG, BenchSettings, run_bench
+    from .measure.speed import DEFAULT_TRAIN_CONFIG, BenchSettings, run_bench
 
     _require_machine_type_folder(args.data)
     if not str(args.out).endswith(".md"):

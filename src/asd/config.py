@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .features import FeatureConfig
+from .validation import validation_problems
 
 
 class ConfigError(ValueError):
@@ -124,11 +125,6 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
             node = child
         node[parts[-1]] = yaml.safe_load(raw) if raw else ""
     return values
-
-
-def validation_problems(exc: ValidationError) -> str:
-    """A pydantic error as one line: ``"key.sub: message; ..."``."""
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}" for e in exc.errors())
 
 
 def load_yaml_settings(path: str | Path, model: type[BaseModel], overrides: list[str] | None = None, what: str = "config file"):

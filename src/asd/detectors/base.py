@@ -22,6 +22,7 @@ from ..data import ClipInfo
 from ..features import FeatureConfig, clip_patches, feature_threads, to_patches
 from ..metadata import INPUT_NAME
 from ..scoring import clip_score
+from ..validation import validation_problems
 
 
 class DetectorConfigError(ValueError):
@@ -143,8 +144,6 @@ class AnomalyDetector:
         try:
             self.params = self.Model.model_validate(model or {})
         except ValidationError as exc:
-            from ..config import validation_problems
-
             raise DetectorConfigError(f"detector {self.kind}: {validation_problems(exc)}") from None
         self.features = features
         self.training = training

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..layout import ModelNotFoundError, model_names, versions
-from . import Backend, make_backend
+from .base import Backend
+from .factory import make_backend
 
 
 @dataclass(frozen=True)
@@ -150,3 +151,30 @@ def configured_model_names(config_path: str | Path) -> list[str]:
     if not names:
         raise ValueError(f"{path} lists no models (model_config_list is empty)")
     return names
+
+
+def backend_from_env(environ: dict | None = None) -> Backend:
+    """One model's backend from the environment (the variables of
+    :class:`asd.serving.catalog.Deployment`, which also lists every served model).
+
+    ``ASD_SERVING_URL`` (TF Serving's REST base URL, e.g. ``http://serving:8501``, or
+    its gRPC address, e.g. ``grpc://serving:8500``; see :func:`make_backend`) or
+    ``ASD_MODEL_DIR`` (a models directory in TF Serving's layout, served in-process);
+    ``ASD_MODEL_NAME`` names the model (with a URL, it or ``ASD_MODELS_CONFIG`` is needed;
+    optional with a directory holding one model); ``ASD_MODEL_VERSION`` pins a version (default: latest);
+    ``ASD_SERVING_TIMEOUT_S`` bounds each request (default 10 s).
+
+    Raises
+    ------
+    ValueError
+        If neither or both variables are set, or a value is malformed.
+    """
+    env = os.environ if environ is None else environ
+    deployment = Deployment.from_env(env)
+    version = env.get("ASD_MODEL_VERSION")
+    try:
+        version_number = int(version) if version else None
+    except ValueError:
+        raise ValueError(f"ASD_MODEL_VERSION must be an integer, got {version!r}") from None
+    names = deployment.names
+    return deployment.open(env.get("ASD_MODEL_NAME") or (names[0] if len(names) == 1 else None), version_number)

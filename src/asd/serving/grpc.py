@@ -33,7 +33,7 @@ from ..metadata import (
     SERVING_SIGNATURE,
     ModelMetadata,
 )
-from . import Prediction, ServingError
+from .base import Prediction, ServingError
 
 SCHEME = "grpc://"
 # gRPC refuses messages over 4 MiB by default; a 60 s clip is ~230 log-mel patches of

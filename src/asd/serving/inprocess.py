@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from ..layout import resolve_version_dir
 from ..metadata import SERVING_SIGNATURE, ModelMetadata
-from . import Prediction
+from .base import Prediction
 
 
 class FunctionBackend:

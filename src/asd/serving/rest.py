@@ -29,7 +29,7 @@ from ..metadata import (
     WAVEFORM_INPUT_NAME,
     ModelMetadata,
 )
-from . import Prediction, ServingError
+from .base import Prediction, ServingError
 
 # dB values are sent with 3 decimals (1/1000 dB, far below any audible or model-relevant
 # difference) to keep the JSON payload short.

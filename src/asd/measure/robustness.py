@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from .audio import load_audio
-from .data import list_clips
-from .inference import Detector
-from .metrics import evaluate_scores
-from .scoring import NORMAL, UNFAMILIAR
+from ..audio import load_audio
+from ..data import list_clips
+from ..inference import Detector
+from ..metrics import evaluate_scores
+from ..scoring import NORMAL, UNFAMILIAR
 
 MAX_FALSE_ALARM_RISE = 0.05
 MAX_AUC_DROP = 0.03

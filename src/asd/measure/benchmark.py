@@ -27,13 +27,13 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import __version__
-from .config import ConfigError, TrainingSettings, load_yaml_settings
-from .data import list_clips
-from .features import FeatureConfig
-from .metrics import section_metrics
-from .provenance import package_version
-from .scoring import choose_margin, fit_gamma_threshold
+from .. import __version__
+from ..config import ConfigError, TrainingSettings, load_yaml_settings
+from ..data import list_clips
+from ..features import FeatureConfig
+from ..metrics import section_metrics
+from ..provenance import package_version
+from ..scoring import choose_margin, fit_gamma_threshold
 
 FIGURES = ("auc_source", "auc_target", "pauc", "official_score")
 
@@ -126,7 +126,7 @@ def run_benchmark(
     FileNotFoundError, asd.data.FileNameError, asd.audio.AudioError
         Data problems.
     """
-    from .detectors import load_clipset, make_detector, split_validation
+    from ..detectors import load_clipset, make_detector, split_validation
 
     unknown = [d for d in detectors if d not in config.detectors]
     if unknown:
@@ -179,7 +179,7 @@ def run_benchmark(
             if not runs:
                 first_scores[name] = scores
                 threshold = run["threshold"]["value"]
-                from .plots import plot_roc_per_domain, plot_score_histogram
+                from ..plots import plot_roc_per_domain, plot_score_histogram
 
                 plot_roc_per_domain(labels, domains, scores, f"{name} (seed {seed})", out_dir / "plots" / f"{name}_roc.png")
                 plot_score_histogram(labels, domains, scores, threshold, f"{name} (seed {seed})", out_dir / "plots" / f"{name}_scores.png")

@@ -13,14 +13,14 @@ Implements, on the official protos of ``tensorflow_serving.apis`` (tensorflow-se
   version (state AVAILABLE, status OK).
 
 Errors are gRPC statuses with TF Serving's codes and messages (see
-:class:`asd.serving.standin.ModelRepository`): NOT_FOUND ``Servable not found for request:
+:class:`asd.standins.repository.ModelRepository`): NOT_FOUND ``Servable not found for request:
 Latest(<name>)``, FAILED_PRECONDITION ``Serving signature key "<s>" not found.``,
 INVALID_ARGUMENT for inputs the signature does not take. Classify, Regress,
 MultiInference and HandleReloadConfigRequest answer UNIMPLEMENTED.
 
 Like TF Serving (its server sets the maximum message size to INT_MAX), the server takes
 and sends messages of any size a client allows. Importing this module imports
-TensorFlow. Run it with ``python -m asd.serving.standin --models DIR --grpc-port 8500``.
+TensorFlow. Run it with ``python -m asd.standins --models DIR --grpc-port 8500``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from .standin import ModelRepository, RequestError
+from .repository import ModelRepository, RequestError
 
 # TF Serving's model server: builder.SetMaxMessageSize(tensorflow::kint32max).
 MAX_MESSAGE_BYTES = 2**31 - 1
@@ -184,7 +184,7 @@ class GrpcStandInServer:
     ----------
     models_dir : str, Path or ModelRepository
         A models directory in TF Serving's layout, or models already loaded (shared
-        with a REST :class:`~asd.serving.standin.StandInServer`).
+        with a REST :class:`~asd.standins.rest.StandInServer`).
     host : str
     port : int
         0 picks a free port (see :attr:`target`).

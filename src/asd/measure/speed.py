@@ -7,7 +7,7 @@ What is measured (every figure as the median and range of repeated runs):
   start, TensorFlow import, model load and librosa's first calls included), its peak RSS,
   and where a clip's time goes (decode, log-mel, model) when clips go one at a time.
 - **Serving**: one 12 s clip's request through the REST client and the gRPC client
-  against the stand-in server (:mod:`asd.serving.standin`, its own process, backed by
+  against the stand-in server (:mod:`asd.standins.rest`, its own process, backed by
   the real SavedModel): p50/p95, the client's share (encoding, decoding) apart from the
   server's (its ``Server-Timing`` header for REST), and the payload sizes.
 - **Training**: ``asd train`` of the convolutional autoencoder (the shipped v1 recipe):
@@ -39,11 +39,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import list_clips
-from .layout import resolve_version_dir, versions
-from .metadata import ModelMetadata
-from .processes import STARTUP_S, free_port, start_process, stop_process
-from .provenance import git, package_version
+from ..data import list_clips
+from ..layout import resolve_version_dir, versions
+from ..metadata import ModelMetadata
+from ..processes import STARTUP_S, free_port, start_process, stop_process
+from ..provenance import git, package_version
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_TRAIN_CONFIG = "development/configs/toycar_conv_ae.yaml"
@@ -159,8 +159,8 @@ def run_measured(args: list[str], env: dict | None = None, cwd: Path = REPO) -> 
 
 
 def _detector(models: Path, name: str, version: int):
-    from .inference import Detector
-    from .serving.inprocess import InProcessBackend
+    from ..inference import Detector
+    from ..serving.inprocess import InProcessBackend
 
     return Detector(InProcessBackend(models, name=name, version=version))
 
@@ -178,7 +178,7 @@ def measure_scoring(settings: BenchSettings, version: int, clips: list[Path], lo
         the model request in that sequential run), ``cold`` (fresh
         ``asd score`` processes: clips/s with start-up, start-up seconds, peak RSS).
     """
-    from .audio import load_audio
+    from ..audio import load_audio
 
     detector = _detector(settings.models, settings.name, version)
     sample_rate = detector.features.sample_rate
@@ -260,9 +260,9 @@ def time_requests(backend, inputs: np.ndarray, n_requests: int, warm_up: int = 5
 
 
 def _clip_input(backend, clip_path: Path):
-    from .audio import load_audio
-    from .features import FeatureConfig
-    from .inference import model_input
+    from ..audio import load_audio
+    from ..features import FeatureConfig
+    from ..inference import model_input
 
     features = FeatureConfig()
     _, inputs, _ = model_input(load_audio(clip_path, features.sample_rate).samples, backend.metadata, features)
@@ -284,8 +284,8 @@ def measure_rest(url: str, name: str, version: int, clip_path: Path, n_requests:
     """
     import orjson
 
-    from .inference import Detector
-    from .serving.rest import RestBackend, decode_predict_response, encode_predict_request
+    from ..inference import Detector
+    from ..serving.rest import RestBackend, decode_predict_response, encode_predict_request
 
     backend = RestBackend(url, name, version=version, timeout_s=60)
     inputs = _clip_input(backend, clip_path)
@@ -368,8 +368,8 @@ def measure_grpc(target: str, name: str, version: int, clip_path: Path, n_reques
         ``make_tensor_proto``), ``client_decode_ms`` (``make_ndarray`` of the outputs),
         ``request_mb``/``response_mb`` (serialized protos).
     """
-    from .metadata import SERVING_SIGNATURE
-    from .serving.grpc import GrpcBackend
+    from ..metadata import SERVING_SIGNATURE
+    from ..serving.grpc import GrpcBackend
 
     backend = GrpcBackend(target, name, version=version, timeout_s=60)
     try:
@@ -539,12 +539,12 @@ def measure_feature_caching(settings: BenchSettings, epochs: int, log=print) -> 
     import keras
     import tensorflow as tf
 
-    from .audio import load_audio
-    from .config import load_train_config
-    from .detectors.autoencoders import EpochTimer, per_mel_standardisation
-    from .detectors.base import load_clipset
-    from .features import clip_patches
-    from .model import build_conv_autoencoder
+    from ..audio import load_audio
+    from ..config import load_train_config
+    from ..detectors.autoencoders import EpochTimer, per_mel_standardisation
+    from ..detectors.base import load_clipset
+    from ..features import clip_patches
+    from ..model import build_conv_autoencoder
 
     config = load_train_config(settings.train_config, _train_overrides(settings, Path(tempfile.gettempdir())))
     features = config.feature_config()
@@ -645,7 +645,7 @@ def run_bench(settings: BenchSettings, log=print) -> dict:
         rest_port, grpc_port = free_port(), free_port()
         log("serving: the stand-in (REST and gRPC) in its own process ...")
         server = start_process(
-            [sys.executable, "-m", "asd.serving.standin", "--models", str(settings.models), "--port", str(rest_port),
+            [sys.executable, "-m", "asd.standins", "--models", str(settings.models), "--port", str(rest_port),
              "--grpc-port", str(grpc_port)],
             _env(), workdir / "standin.log", f"http://127.0.0.1:{rest_port}/v1/models/{settings.name}", cwd=REPO,
         )
@@ -657,7 +657,7 @@ def run_bench(settings: BenchSettings, log=print) -> dict:
                 report["grpc"] = [measure_grpc(f"127.0.0.1:{grpc_port}", settings.name, v, serving_clip,
                                                settings.requests, log) for v in model_versions]
             except Exception as exc:  # no grpcio / tensorflow-serving-api here: say so, measure the rest
-                from .serving import ServingError
+                from ..serving import ServingError
 
                 if not isinstance(exc, ServingError):
                     raise
@@ -757,7 +757,7 @@ def markdown(report: dict) -> str:
         "",
         "## One 12 s clip through a server",
         "",
-        "The stand-in server (`python -m asd.serving.standin`, its own process, the real SavedModel behind TF "
+        "The stand-in server (`python -m asd.standins`, its own process, the real SavedModel behind TF "
         "Serving's REST and gRPC APIs) answers. *Request*: the client's `predict` (encode, send, server, decode). "
         "*Server*: the stand-in's own time from its `Server-Timing` header (parse the JSON in Python, run the model, "
         "write the JSON; TF Serving does the JSON in C++). *Transport*: the rest (HTTP on loopback). *End to end*: "

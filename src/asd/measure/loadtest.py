@@ -39,11 +39,11 @@ from typing import Callable, ContextManager, Iterator
 
 import numpy as np
 
-from . import __version__
-from .audio import AudioClip, load_audio
-from .features import FeatureConfig
-from .layout import resolve_version_dir
-from .provenance import git, package_version
+from .. import __version__
+from ..audio import AudioClip, load_audio
+from ..features import FeatureConfig
+from ..layout import resolve_version_dir
+from ..provenance import git, package_version
 
 # An answer is right if every number is within RTOL (relative) + ATOL (absolute) of the
 # same clip's reference on the same backend. The same input through the same graph gives
@@ -93,20 +93,20 @@ class ModelRef:
 
 @contextmanager
 def _open_inprocess(model: ModelRef, timeout_s: float) -> Iterator[tuple[object, str]]:
-    from .serving.inprocess import InProcessBackend
+    from ..serving.inprocess import InProcessBackend
 
     yield InProcessBackend(model.version_dir), "none: SavedModel loaded in the client's process"
 
 
 @contextmanager
 def _open_rest(model: ModelRef, timeout_s: float) -> Iterator[tuple[object, str]]:
-    from .serving import make_backend
-    from .serving.standin import StandInServer
+    from ..serving import make_backend
+    from ..standins.rest import StandInServer
 
     with StandInServer(model.models_dir) as server:
         backend = make_backend(server_url=server.url, name=model.name, version=model.version, timeout_s=timeout_s)
         yield backend, (
-            f"REST stand-in (`asd.serving.standin`: Python ThreadingHTTPServer, a thread per connection) "
+            f"REST stand-in (`asd.standins.rest`: Python ThreadingHTTPServer, a thread per connection) "
             f"at {server.url}, in the client's process"
         )
 
@@ -117,13 +117,13 @@ def _grpc_available() -> bool:
     from importlib.util import find_spec
 
     try:
-        return all(find_spec(m) is not None for m in ("grpc", "tensorflow_serving", "asd.serving.grpc_standin"))
+        return all(find_spec(m) is not None for m in ("grpc", "tensorflow_serving", "asd.standins.grpc"))
     except (ImportError, ValueError):
         return False
 
 
 GRPC_MISSING = (
-    "the gRPC load test needs grpcio, tensorflow-serving-api and asd.serving.grpc_standin; "
+    "the gRPC load test needs grpcio, tensorflow-serving-api and asd.standins.grpc; "
     "install the grpc extra or leave grpc out of --backends"
 )
 
@@ -132,8 +132,8 @@ GRPC_MISSING = (
 def _open_grpc(model: ModelRef, timeout_s: float) -> Iterator[tuple[object, str]]:
     if not _grpc_available():
         raise ValueError(GRPC_MISSING)
-    from .serving import make_backend
-    from .serving.grpc_standin import GrpcStandInServer
+    from ..serving import make_backend
+    from ..standins.grpc import GrpcStandInServer
 
     with GrpcStandInServer(model.models_dir) as server:
         backend = make_backend(
@@ -141,7 +141,7 @@ def _open_grpc(model: ModelRef, timeout_s: float) -> Iterator[tuple[object, str]
         )
         try:
             yield backend, (
-                f"gRPC stand-in (`asd.serving.grpc_standin`: grpcio server on TF Serving's protos, a thread pool) "
+                f"gRPC stand-in (`asd.standins.grpc`: grpcio server on TF Serving's protos, a thread pool) "
                 f"at {server.target}, in the client's process"
             )
         finally:
@@ -389,7 +389,7 @@ def run_loadtest(
     asd.metadata.ModelMismatchError, asd.serving.ServingError
         From the model, the clips or a backend that cannot start.
     """
-    from .inference import Detector
+    from ..inference import Detector
 
     if n_requests < 1 or threads < 1:
         raise ValueError("--requests and --threads must be at least 1")

@@ -1,0 +1,14 @@
+"""Stand-ins for TensorFlow Serving, backed by real SavedModels: for tests and benchmarks.
+
+No TF Serving binary can run where this project is tested, so the clients
+(:mod:`asd.serving`) are tested against these servers, which follow TF Serving's
+documented APIs (tensorflow/serving docs and protos at 2.20.0):
+
+- :mod:`asd.standins.repository`: the models and TF Serving's errors, shared by both;
+- :mod:`asd.standins.rest`: the REST API (:class:`~asd.standins.rest.StandInServer`);
+- :mod:`asd.standins.grpc`: the gRPC API on the official protos
+  (:class:`~asd.standins.grpc.GrpcStandInServer`).
+
+Run them with ``python -m asd.standins --models production/models --port 8501
+--grpc-port 8500``. They are not production servers: one Python process, no batching.
+"""
