@@ -177,10 +177,10 @@ class GrpcBackend:
         if code == codes.UNAVAILABLE:
             return ServingError(
                 f"TF Serving at {self.target} is not reachable over gRPC ({details}): is the server running "
-                "and the address right?"
+                "and the address right?", retryable=True
             )
         if code == codes.DEADLINE_EXCEEDED:
-            return ServingError(f"TF Serving at {self.target} did not answer within {self.timeout_s:g} s")
+            return ServingError(f"TF Serving at {self.target} did not answer within {self.timeout_s:g} s", retryable=True)
         status = code.name if code is not None else "an error"
         return ServingError(f"TF Serving answered {status} for model '{self.name}': {details}")
 
