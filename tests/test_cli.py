@@ -223,14 +223,14 @@ def test_train_help_reads_the_configs_of_the_working_directory_when_it_runs(tmp_
     is read from the files, not written beside them."""
     configs = tmp_path / "development" / "configs"
     configs.mkdir(parents=True)
-    (configs / "fan_dense.yaml").write_text("# Fan, the DCASE baseline dense autoencoder. Second sentence.\n"
+    (configs / "fan_dense.yaml").write_text("# Fan, e.g. the DCASE baseline\n# dense autoencoder. Second sentence.\n"
                                             "name: fan\ndata_dir: /data/fan\ndetector: dense_ae_mse\n")
     (configs / "sweep.yaml").write_text("# A sweep of something else.\nruns: 3\n")
     run = subprocess.run([sys.executable, "-m", "asd.cli", "train", "--help"], capture_output=True, text=True,
                          timeout=60, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     text = " ".join(run.stdout.split())
-    assert "development/configs/fan_dense.yaml Fan, the DCASE baseline dense autoencoder." in text
+    assert "development/configs/fan_dense.yaml Fan, e.g. the DCASE baseline dense autoencoder." in text
     assert "Second sentence" not in text
     assert "development/configs/sweep.yaml A sweep of something else. Not a training config." in text
     shipped = text.split("shipped configs")[1].split("config keys")[0]

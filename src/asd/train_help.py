@@ -41,15 +41,16 @@ def configs_dir() -> Path | None:
 
 def config_summary(path: Path) -> str:
     """The first sentence of a YAML file's opening comment (``#`` lines before the first
-    setting), on one line; ``""`` when it opens with no comment."""
+    setting), on one line; ``""`` when it opens with no comment. A sentence ends with a
+    full stop at the end of a line or before a capital ("e.g. the" goes on)."""
     comment = []
     for line in path.read_text(encoding="utf-8").splitlines():
         if not line.startswith("#"):
             break
         comment.append(line.lstrip("#").strip())
-    text = " ".join(comment)
-    sentence = re.match(r".*?[.;](?=\s|$)", text)
-    return sentence.group(0) if sentence else text
+    text = "\n".join(comment)
+    sentence = re.match(r".*?\.(?=[ \t]+[A-Z]|\n|$)", text, re.DOTALL)
+    return " ".join((sentence.group(0) if sentence else text).split())
 
 
 def is_training_config(path: Path) -> bool:
