@@ -22,6 +22,7 @@ from .metadata import ModelMismatchError
 from .scoring import UNFAMILIAR, UNFAMILIAR_ADVICE
 from .serving import ServingError
 from .tensorflow_import import import_tensorflow
+from .train_help import train_epilog
 
 EXIT_BAD_INPUT = 2
 EXIT_LOAD_TEST_FAILED = 1  # asd loadtest: a request was lost or answered wrongly
@@ -355,8 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"asd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a model on normal clips and export it as a SavedModel")
-    p.add_argument("--config", required=True, help="YAML training config (see development/configs/)")
+    p = sub.add_parser("train", help="train a model on normal clips and export it as a SavedModel",
+                       description="Train a model on a machine type's normal clips, fit its decision threshold,\n"
+                                   "evaluate it on the labelled test clips and export it as a SavedModel.",
+                       epilog=train_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="YAML training config (the shipped ones and every key below)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting, e.g. training.epochs=3")
     p.add_argument("--models-dir", metavar="DIR",
                    help="export to DIR/<name>/<next version>/ (default: the config's models_dir, runs/models; "
