@@ -2,6 +2,8 @@
 and after the fit of a classical one, on the real clips of tests/data."""
 
 import re
+
+import numpy as np
 import subprocess
 import sys
 
@@ -69,3 +71,14 @@ def test_a_classical_detector_logs_the_start_and_the_duration_of_its_fit(train_s
     assert re.fullmatch(rf"fitted lof in {SECONDS}", lines[1]) and len(lines) == 2, lines
     make_detector("gmm", FeatureConfig(), {"space": "stats"}, TrainingSettings(), seed=1).fit(train_set, log=None)
     assert capsys.readouterr().out == ""  # asd benchmark's quiet fits
+
+
+def test_fewer_examples_than_batch_size_still_train(train_set):
+    """A batch larger than the training set (oversampled) is cut to it: the network
+    trains (finite loss), instead of running no batch at all and staying untrained."""
+    lines = []
+    detector = make_detector("spectrum_adacos", FeatureConfig(), {"n_models": 1, "filters": [8, 8, 16], "pool": 4},
+                             TrainingSettings(epochs=1, batch_size=4096), seed=1)
+    detector.fit(train_set, log=lines.append)
+    loss = float(re.search(r"loss (\S+),", lines[0]).group(1))
+    assert np.isfinite(loss), lines

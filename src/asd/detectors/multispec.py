@@ -264,7 +264,9 @@ class MultiSpecAdaCosDetector(ServableDetector):
         index = np.concatenate([np.arange(len(waves))] + [target] * (self.params.target_oversampling - 1))
         n = self.input_samples
         crop = min(n, int(round((self.params.crop_seconds or self.params.clip_seconds) * self.features.sample_rate)))
-        batch = self.training.batch_size
+        # whole batches only (the last partial one is dropped each epoch), but at least one:
+        # fewer examples than batch_size would otherwise leave the network untrained
+        batch = min(self.training.batch_size, len(index))
         from ..tensorboard_logging import EnsembleLog
 
         board = EnsembleLog(self, run_dir, self.params.n_models)

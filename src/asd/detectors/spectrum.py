@@ -180,7 +180,9 @@ class SpectrumAdaCosDetector(ServableDetector):
         y = np.eye(len(classes), dtype=np.float32)[[classes.index(n) for n in names]]
         target = np.flatnonzero(train.domains == "target")
         index = np.concatenate([np.arange(len(x))] + [target] * (self.params.target_oversampling - 1))
-        batch = self.training.batch_size
+        # whole batches only (the last partial one is dropped each epoch), but at least one:
+        # fewer examples than batch_size would otherwise leave the network untrained
+        batch = min(self.training.batch_size, len(index))
         self.embedders, self.banks, self.scales, epoch_seconds = [], [], [], []
         from ..tensorboard_logging import EnsembleLog  # imports this package's base module
 
