@@ -255,10 +255,12 @@ class _Converter:
                 return None
             if kind in "iu" and array.size and np.abs(array).max() > _FLOAT_EXACT_INT.get(name, 0):
                 return None
-            if kind == "f" and array.size:
-                finite = array[np.isfinite(array)]
-                if finite.size and np.abs(finite).max() > np.finfo(dtype).max:
-                    return None
+            with np.errstate(over="ignore"):
+                converted = array.astype(dtype, copy=False)
+            # a finite number beyond the type's range became infinite: lossy, the exact walk says which
+            if kind == "f" and not np.isfinite(converted).all() and (np.isinf(converted) & np.isfinite(array)).any():
+                return None
+            return converted
         elif dtype.kind in "iu":
             low, high = _INT_RANGES.get(name, (0, -1))
             if kind not in "iu" or (array.size and (array.min() < low or array.max() > high)):
