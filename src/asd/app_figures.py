@@ -82,7 +82,7 @@ def error_over_time(result: ClipResult, score_unit: str, frame_threshold: float 
     figure.add_trace(go.Scatter(x=times, y=result.frame_error, mode="lines", name="per frame"))
     figure.add_hline(y=result.threshold, line_dash="dot", line_color="grey",
                      annotation_text=f"clip decision threshold {result.threshold:.3f} (for the clip's mean)",
-                     annotation_position="bottom right")
+                     annotation_position="bottom left")
     if frame_threshold is None:
         figure.add_annotation(text="this model has no per-frame threshold: no frames marked", showarrow=False,
                               xref="paper", yref="paper", x=0.0, y=1.0, xanchor="left", yanchor="bottom")
