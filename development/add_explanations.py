@@ -27,6 +27,16 @@ from asd.explanations import BAND_PROFILES_FILE, BandProfiles, fit_frame_thresho
 from asd.metadata import METADATA_FILE, WAVEFORM_INPUT_NAME, ModelMetadata
 
 
+def _refusal(args, whole_clip: bool, has_frame_threshold: bool) -> str | None:
+    """Why the model must not be changed as asked, checked before the clips are read; or None."""
+    if whole_clip:
+        exists = (args.version_dir / BAND_PROFILES_FILE).exists() and not args.replace
+        return f"{args.version_dir / BAND_PROFILES_FILE} exists (--replace to replace it)" if exists else None
+    if has_frame_threshold and not args.replace:
+        return f"{args.version_dir / METADATA_FILE} has a frame_threshold (--replace to replace it)"
+    return None if args.fitted_on else "a frame-level model needs --fitted-on (what the clips are, for its metadata)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("version_dir", type=Path, help="a model version directory (<models>/<name>/<version>)")
@@ -40,27 +50,23 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    path = args.version_dir / METADATA_FILE
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    whole_clip = metadata.input == WAVEFORM_INPUT_NAME
+    problem = _refusal(args, whole_clip, "frame_threshold" in raw)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     print(f"computing the log-mel of {len(clips)} clips ...")
     clipset = load_clipset(clips, metadata.features)
     names = [c.path.name for c in clips]
-    if metadata.input == WAVEFORM_INPUT_NAME:
-        if (args.version_dir / BAND_PROFILES_FILE).exists() and not args.replace:
-            print(f"error: {args.version_dir / BAND_PROFILES_FILE} exists (--replace to replace it)", file=sys.stderr)
-            return 2
+    if whole_clip:
         path = BandProfiles.fit(names, clipset.logmels).save(args.version_dir)
         print(f"wrote {path} ({path.stat().st_size / 1024:.0f} kB)")
         return 0
-    if not args.fitted_on:
-        print("error: a frame-level model needs --fitted-on (what the clips are, for its metadata)", file=sys.stderr)
-        return 2
     from asd.inference import Detector
     from asd.serving.inprocess import InProcessBackend  # imports TensorFlow
 
-    path = args.version_dir / METADATA_FILE
-    raw = json.loads(path.read_text(encoding="utf-8"))
-    if "frame_threshold" in raw and not args.replace:
-        print(f"error: {path} has a frame_threshold (--replace to replace it)", file=sys.stderr)
-        return 2
     detector = Detector(InProcessBackend(args.version_dir))
     print(f"scoring {len(clips)} clips through {detector.backend.describe()} ...")
     frame_threshold = {
