@@ -1,4 +1,4 @@
-"""The ``asd`` command: train, evaluate, score, benchmark, load-test and bench (speed).
+"""The ``asd`` command: train, evaluate, score, benchmark, load-test, bench (speed) and resave.
 
 Bad input ends with a one-line ``asd: error: ...`` message and exit code 2, never a
 traceback.
@@ -349,6 +349,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def cmd_resave(args) -> int:
+    from .layout import resolve_version_dir
+
+    version_dir = resolve_version_dir(args.model, args.name, args.model_version)
+    if not args.out and not args.in_place:
+        return _fail("say where: --out DIR (a new version directory) or --in-place")
+    tf = import_tensorflow()
+    from .export import replace_savedmodel, resave_savedmodel
+
+    written = replace_savedmodel(version_dir) if args.in_place else resave_savedmodel(version_dir, args.out)
+    print(f"{written}: written by TensorFlow {tf.__version__}; signatures and warm-up clip outputs unchanged")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="asd", description="Unsupervised anomalous sound detection for machine condition monitoring."
@@ -452,6 +466,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="reduced mode for CI: small numbers; reports the targets but never judges them")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("resave", help="write a model version again with the installed TensorFlow (the serving "
+                       "image's), its signatures, variables and assets.extra unchanged; checks the outputs are identical")
+    p.add_argument("--model", required=True, metavar="DIR", help="models, model or version directory in TF Serving's layout")
+    p.add_argument("--name", help="model name in a models directory")
+    p.add_argument("--model-version", type=int, help="model version (default: latest)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--out", metavar="DIR", help="write the re-saved version to DIR (must not exist)")
+    where.add_argument("--in-place", action="store_true",
+                       help="replace saved_model.pb, fingerprint.pb and variables/ of the version itself")
+    p.set_defaults(func=cmd_resave)
     return parser
 
 

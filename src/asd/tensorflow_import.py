@@ -1,6 +1,6 @@
 """TensorFlow, imported without the lines its C++ start-up writes to stderr.
 
-Importing TensorFlow 2.21 prints, twice, absl's "All log messages before
+Importing TensorFlow 2.20 (as 2.21) prints, twice, absl's "All log messages before
 absl::InitializeLog() is called are written to STDERR" and a oneDNN notice, plus a
 CPU-feature notice, whatever ``TF_CPP_MIN_LOG_LEVEL`` says for the first two: a command
 whose error is one line would print eight. The CLI imports TensorFlow through here, with
