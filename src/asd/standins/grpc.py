@@ -1,7 +1,7 @@
 """A stand-in for TensorFlow Serving's gRPC API, backed by real SavedModels.
 
 Implements, on the official protos of ``tensorflow_serving.apis`` (tensorflow-serving-api
-2.21.0), the services the gRPC client uses:
+2.20.0, the serving image's release), the services the gRPC client uses:
 
 - ``tensorflow.serving.PredictionService/Predict``: ``PredictRequest`` (``model_spec``,
   ``inputs`` map of TensorProto, ``output_filter``) -> ``PredictResponse`` (``model_spec``
