@@ -4,6 +4,7 @@ and export; asd resave moves a version to it with identical answers."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -49,6 +50,16 @@ def test_both_compose_files_run_the_same_tensorflow_serving_version():
 @pytest.mark.parametrize("version_dir", SHIPPED_VERSION_DIRS, ids=lambda p: f"{p.parent.name}-v{p.name}")
 def test_shipped_models_are_written_by_the_serving_images_tensorflow(version_dir):
     assert _written_by(version_dir) == {_serving_image_version()}
+
+
+@pytest.mark.parametrize("version_dir", SHIPPED_VERSION_DIRS, ids=lambda p: f"{p.parent.name}-v{p.name}")
+def test_shipped_models_serve_their_metadata_file(version_dir):
+    """A client that sees only the server (gRPC) reads the metadata signature: it must say
+    what assets.extra says (asd resave rebuilds it from the file after the file changes)."""
+    import tensorflow as tf
+
+    served = tf.saved_model.load(str(version_dir)).signatures["metadata"](unused=tf.zeros(1))["metadata_json"]
+    assert json.loads(served.numpy()[0]) == json.loads((version_dir / "assets.extra" / "asd_metadata.json").read_text())
 
 
 def test_training_and_export_pin_the_serving_images_tensorflow():
