@@ -310,4 +310,6 @@ def test_the_gauge_has_one_range_for_every_clip_with_the_threshold_at_1():
     beyond = dataclasses.replace(result, score=result.threshold * (GAUGE_TOP + 1.5))
     gauge = score_gauge(beyond).data[0]
     assert tuple(gauge.gauge.axis.range) == (0, GAUGE_TOP)
-    assert gauge.value == pytest.approx(GAUGE_TOP + 1.5) and "off the scale" in gauge.number.suffix
+    assert gauge.value == pytest.approx(GAUGE_TOP + 1.5)
+    assert [a.text for a in score_gauge(beyond).layout.annotations] == [f"off the scale: beyond {GAUGE_TOP:g} x threshold"]
+    assert not score_gauge(result).layout.annotations  # on the scale: no mark

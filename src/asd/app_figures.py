@@ -113,8 +113,8 @@ def score_gauge(result: ClipResult) -> go.Figure:
             mode="gauge+number",
             # the bar stops at the range's end; the number says the real value
             value=relative,
-            number={"valueformat": ".2f", "suffix": " x threshold" + (" (off the scale)" if off_scale else ""),
-                    "font": {"size": 34, "color": ABOVE_COLOUR if relative > 1 else "#222"}},
+            number={"valueformat": ".2f", "suffix": " x threshold",
+                    "font": {"size": 30, "color": ABOVE_COLOUR if relative > 1 else "#222"}},
             gauge={
                 "axis": {"range": [0, GAUGE_TOP], "tickvals": [0, 0.5, 1, 1.5, GAUGE_TOP],
                          "ticktext": ["0", "0.5", "1 (threshold)", "1.5", f"{GAUGE_TOP:g}+" if off_scale else f"{GAUGE_TOP:g}"]},
@@ -125,10 +125,13 @@ def score_gauge(result: ClipResult) -> go.Figure:
                 ],
                 "threshold": {"line": {"color": ABOVE_COLOUR, "width": 3}, "value": 1.0},
             },
-            title={"text": "anomaly score in multiples of the decision threshold"},
+            title={"text": "anomaly score in multiples of the decision threshold", "font": {"size": 14}},
         )
     )
-    figure.update_layout(height=260, margin={"t": 60, "b": 10, "l": 30, "r": 30})
+    if off_scale:
+        figure.add_annotation(text=f"off the scale: beyond {GAUGE_TOP:g} x threshold", x=0.5, y=0, yref="paper",
+                              yanchor="top", showarrow=False, font={"color": ABOVE_COLOUR, "size": 14})
+    figure.update_layout(height=260, margin={"t": 60, "b": 30 if off_scale else 10, "l": 30, "r": 30})
     return figure
 
 
