@@ -65,8 +65,9 @@ def test_the_probe_reads_the_status_from_the_rest_stand_in():
             probe_status(server.url, "no_such_model")
 
 
-def test_the_probe_gives_up_on_a_server_that_never_answers_within_its_deadline():
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
+def test_the_probe_gives_up_on_a_server_that_never_answers_within_its_deadline(scheme):
     with socket.create_server(("127.0.0.1", 0)) as listener:  # accepts (backlog), never answers
-        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        url = f"{scheme}://127.0.0.1:{listener.getsockname()[1]}"
         with pytest.raises(ServingError, match="did not answer within 0.5 s"):
             probe_status(url, "toycar", timeout_s=0.5)
