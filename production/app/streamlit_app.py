@@ -343,8 +343,7 @@ def verdict_sentence(result: ClipResult, score_unit: str = "raw score") -> str:
     decision threshold first, the raw score and threshold (in ``score_unit``) after."""
     if result.verdict == UNFAMILIAR:
         return (f"**{result.name}** is **unfamiliar**: {UNFAMILIAR_ADVICE}. (Its distance to the nearest training "
-                f"clip, {result.unfamiliarity:.3f}, is {result.unfamiliarity / result.unfamiliar_threshold:.2f} x "
-                f"the model's limit {result.unfamiliar_threshold:.3f}.)")
+                f"clip, {result.unfamiliarity:.3f}, is above the model's limit {result.unfamiliar_threshold:.3f}.)")
     side = "above" if result.verdict == ANOMALOUS else "below"
     raw = f"raw score {result.score:.4f} against the threshold {result.threshold:.4f}, {score_unit}"
     relative = result.relative_score
