@@ -194,3 +194,62 @@ def test_train_names_an_unset_data_variable(tmp_path):
     assert run.stderr.strip().splitlines() == [
         "asd: error: data_dir ${ASD_DATA_DIR}/dcase2023t2/dev_data/ToyCar uses $ASD_DATA_DIR, which is not set: set it, "
         "e.g. ASD_DATA_DIR=../shared/data (a folder laid out like ../shared/data), or give the folder with --set data_dir=..."]
+
+
+def test_train_help_names_the_configs_the_keys_the_detectors_and_the_data_variable():
+    from asd.config import TrainConfig, TrainingSettings
+    from asd.detectors import DETECTORS
+    from asd.train_help import config_summary
+
+    run = asd("train", "--help", timeout=60)
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    text = " ".join(run.stdout.split())  # as one line: the columns wrap wherever the terminal is
+    shipped = sorted((REPO / "development" / "configs").glob("*.yaml"))
+    assert len(shipped) >= 3
+    for config in shipped:
+        assert config.name in text and config_summary(config) in text
+    assert "The shipped ToyCar model (DCASE 2023 Task 2 dev set)." in text  # toycar.yaml's opening sentence
+    for kind in DETECTORS:
+        assert kind in text
+    for key in [*TrainConfig.model_fields, *(f"training.{k}" for k in TrainingSettings.model_fields),
+                "threshold.quantile", "threshold.margin", "features.n_mels", "features.hop_length", "model.*"]:
+        assert key in text
+    assert "ASD_DATA_DIR" in text and "runs/models/<name>/<next version>/" in text and "tensorboard --logdir runs" in text
+    assert text.count("asd train --config development/configs/") >= 2  # the examples
+
+
+def test_train_help_reads_the_configs_of_the_working_directory_when_it_runs(tmp_path):
+    """A config added to development/configs appears with its opening sentence: the help
+    is read from the files, not written beside them."""
+    configs = tmp_path / "development" / "configs"
+    configs.mkdir(parents=True)
+    (configs / "fan_dense.yaml").write_text("# Fan, e.g. the DCASE baseline\n# dense autoencoder. Second sentence.\n"
+                                            "name: fan\ndata_dir: /data/fan\ndetector: dense_ae_mse\n")
+    (configs / "sweep.yaml").write_text("# A sweep of something else.\nruns: 3\n")
+    run = subprocess.run([sys.executable, "-m", "asd.cli", "train", "--help"], capture_output=True, text=True,
+                         timeout=60, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    text = " ".join(run.stdout.split())
+    assert "development/configs/fan_dense.yaml Fan, e.g. the DCASE baseline dense autoencoder." in text
+    assert "Second sentence" not in text
+    assert "development/configs/sweep.yaml A sweep of something else. Not a training config." in text
+    shipped = text.split("shipped configs")[1].split("config keys")[0]
+    assert "toycar" not in shipped  # this directory's configs, not the repository's
+
+
+def test_train_help_imports_no_tensorflow():
+    code = ("import sys; from asd.cli import main\n"
+            "try:\n    main(['train', '--help'])\nexcept SystemExit as exc:\n    code = exc.code\n"
+            "print(code, sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras', 'sklearn'}))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert run.stdout.splitlines()[-1] == "0 []", run.stdout[-500:] + run.stderr
+
+
+def test_train_help_sorts_the_detector_kinds_as_their_classes_do():
+    """The help calls the kinds of the scikit-learn module unservable without importing
+    them; the classes agree."""
+    from asd.detectors import DETECTORS, ServableDetector, detector_class
+    from asd.train_help import SCIKIT_LEARN_MODULE
+
+    for kind, (module, _) in DETECTORS.items():
+        assert issubclass(detector_class(kind), ServableDetector) == (module != SCIKIT_LEARN_MODULE), kind

@@ -28,8 +28,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from asd.app_figures import error_over_time, score_gauge, spectrogram_heatmap
+from asd.app_figures import band_profile_comparison, error_over_time, score_gauge, spectrogram_heatmap
 from asd.audio import AudioError, channel_count, load_audio
+from asd.explanations import BandProfiles
 from asd.features import ClipTooShortError
 from asd.inference import MAX_CLIP_SECONDS, ClipFeatures, ClipResult, Detector
 from asd.layout import ModelNotFoundError
@@ -379,15 +380,31 @@ def show_clip(result: ClipResult, data: bytes, detector: Detector) -> None:
     numbers.metric("Raw anomaly score", f"{result.score:.4f}", help=meta.score_unit)
     numbers.metric("Decision threshold (raw)", f"{result.threshold:.4f}", help=meta.score_unit)
     unit = meta.score_unit[0].upper() + meta.score_unit[1:]
-    st.subheader("Anomaly score over time")
-    if meta.input == "waveform":
-        st.caption(f"{unit}: this model scores the clip's whole spectrum at once, so the score is the same at every "
-                   "moment. Version 1 (the convolutional autoencoder), if served, shows where in time and frequency "
-                   "a clip differs.")
+    if meta.input == "waveform":  # one score per clip: explained by its spectrum against the nearest training clip's
+        st.subheader("Spectrum against the nearest normal training clip")
+        try:
+            profiles = BandProfiles.load(getattr(detector.backend, "path", None))  # in-process models only
+        except ValueError as exc:
+            profiles, problem = None, str(exc)
+        else:
+            problem = "this model carries no training clips' band profiles here"
+        if profiles is None or not result.logmel.size:
+            st.caption(f"This model scores the clip's whole spectrum at once, so its score is the same at every "
+                       f"moment; {problem}, so there is no plot that explains it.")
+        else:
+            st.caption("Each mel band's mean level over the clip (the clip's overall level removed), against the normal "
+                       "training clip closest to it (smallest RMS difference over bands). The bands where they differ "
+                       "most are marked.")
+            st.plotly_chart(band_profile_comparison(profiles.nearest(result.logmel), detector.features.mel_band_hz),
+                            width="stretch")
     else:
+        st.subheader("Anomaly score over time")
+        marks = ("Frames above the frame threshold (fitted on the training clips' frames) are marked."
+                 if meta.frame_threshold_value is not None else
+                 "This model carries no per-frame threshold (it was exported before them), so no frames are marked.")
         st.caption(f"{unit}, frame by frame: where it is high, the sound differs from the normal sounds the model "
-                   "learnt. Frames above the threshold are marked.")
-    st.plotly_chart(error_over_time(result, meta.score_unit), width="stretch")
+                   f"learnt. {marks}")
+        st.plotly_chart(error_over_time(result, meta.score_unit, meta.frame_threshold_value), width="stretch")
     st.subheader("Spectrograms")
     band_hz = detector.features.mel_band_hz
     st.plotly_chart(spectrogram_heatmap(result.logmel, result, band_hz, "Log-mel spectrogram (input)", "dB"),

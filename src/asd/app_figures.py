@@ -1,5 +1,6 @@
 """The app's plotly figures for one scored clip: spectrogram heatmaps, error over time,
-score gauge. Pure functions of a :class:`~asd.inference.ClipResult`, so they can be tested
+band profile against the nearest training clip, score gauge. Pure functions of a
+:class:`~asd.inference.ClipResult` and what the model carries, so they can be tested
 without a browser."""
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
+from .explanations import NearestProfile, frames_above
 from .inference import ClipResult
 
 # Frequencies labelled on mel-scaled axes (Hz); lower ones would crowd (50, 100 and
@@ -58,34 +60,97 @@ def spectrogram_heatmap(
     return figure
 
 
-def error_over_time(result: ClipResult, score_unit: str) -> go.Figure:
-    """Per-frame error (``result.frame_error``) against time in seconds, with the decision
-    threshold as a dashed line and the frames above it marked."""
+def error_over_time(result: ClipResult, score_unit: str, frame_threshold: float | None) -> go.Figure:
+    """Per-frame error (``result.frame_error``, ``(n_frames,)``) against time in seconds,
+    with the model's per-frame threshold as a dashed line and the frames above it marked.
+
+    The clip's decision threshold bounds the clip's *mean* error, so it is drawn only as a
+    grey dotted reference; frames are compared with ``frame_threshold``, fitted on the
+    training clips' frames (:mod:`asd.explanations`). A model without one (exported
+    before it) gets no marks, and the figure says so.
+
+    Parameters
+    ----------
+    result : ClipResult
+    score_unit : str
+        Axis label (the model's metadata ``score_unit``).
+    frame_threshold : float or None
+        :attr:`asd.metadata.ModelMetadata.frame_threshold_value`.
+    """
     times = result.frame_times_s
-    above = result.frame_error > result.threshold
     figure = go.Figure()
     figure.add_trace(go.Scatter(x=times, y=result.frame_error, mode="lines", name="per frame"))
-    figure.add_trace(
-        go.Scatter(
-            x=times[above],
-            y=result.frame_error[above],
-            mode="markers",
-            name=f"above threshold ({int(above.sum())} of {len(above)} frames)",
-            marker={"color": ABOVE_COLOUR, "size": 5},
+    figure.add_hline(y=result.threshold, line_dash="dot", line_color="grey",
+                     annotation_text=f"clip decision threshold {result.threshold:.3f} (for the clip's mean)",
+                     annotation_position="bottom left")
+    if frame_threshold is None:
+        figure.add_annotation(text="this model has no per-frame threshold: no frames marked", showarrow=False,
+                              xref="paper", yref="paper", x=0.0, y=1.0, xanchor="left", yanchor="bottom")
+    else:
+        above = frames_above(result.frame_error, frame_threshold)
+        figure.add_trace(
+            go.Scatter(
+                x=times[above],
+                y=result.frame_error[above],
+                mode="markers",
+                name=f"above the frame threshold ({int(above.sum())} of {len(above)} frames)",
+                marker={"color": ABOVE_COLOUR, "size": 5},
+            )
         )
-    )
-    figure.add_hline(
-        y=result.threshold,
-        line_dash="dash",
-        line_color=ABOVE_COLOUR,
-        annotation_text=f"decision threshold {result.threshold:.3f}",
-    )
+        figure.add_hline(y=frame_threshold, line_dash="dash", line_color=ABOVE_COLOUR,
+                         annotation_text=f"frame threshold {frame_threshold:.3f}")
     figure.update_layout(
         xaxis_title="time (s)",
         yaxis_title=score_unit,
         height=340,
         margin={"t": 30, "b": 40},
         legend={"orientation": "h", "y": 1.15},
+    )
+    return figure
+
+
+def band_profile_comparison(nearest: NearestProfile, band_hz: np.ndarray) -> go.Figure:
+    """A clip's band profile against its nearest normal training clip's, over frequency,
+    with the bands that differ most marked and labelled in Hz.
+
+    Parameters
+    ----------
+    nearest : NearestProfile
+        From :meth:`asd.explanations.BandProfiles.nearest`: profiles ``(n_mels,)`` in dB
+        (level removed), the training clip's name, the RMS distance and the marked bands
+        (an empty trace, named so, when no band differs beyond ``mark_db``).
+    band_hz : np.ndarray [shape=(n_mels,)]
+        Band centre frequencies (:attr:`asd.features.FeatureConfig.mel_band_hz`); the
+        x axis is the band index (mel-spaced), labelled in Hz as the spectrograms are.
+    """
+    n_bands = len(band_hz)
+    bands = np.arange(n_bands)
+    ticks = [hz for hz in _TICK_HZ if band_hz[0] <= hz <= band_hz[-1]]
+    hover = "%{customdata:.0f} Hz: %{y:.1f} dB<extra></extra>"
+    figure = go.Figure()
+    figure.add_trace(go.Scatter(x=bands, y=nearest.reference, customdata=band_hz, hovertemplate=hover,
+                                mode="lines", line={"color": "seagreen"},
+                                name=f"nearest normal training clip: {nearest.reference_name}"))
+    figure.add_trace(go.Scatter(x=bands, y=nearest.profile, customdata=band_hz, hovertemplate=hover,
+                                mode="lines", line={"color": "#444"}, name="this clip"))
+    marked = nearest.marked
+    difference = nearest.profile[marked] - nearest.reference[marked]
+    figure.add_trace(go.Scatter(
+        x=marked, y=nearest.profile[marked], mode="markers+text", marker={"color": ABOVE_COLOUR, "size": 9},
+        text=[f"{band_hz[b]:.0f} Hz ({d:+.1f} dB)" for b, d in zip(marked, difference)], textposition="top center",
+        customdata=band_hz[marked], hovertemplate=hover,
+        # mark_db: what normal training clips' nearest neighbours rarely exceed (asd.explanations)
+        name=(f"bands that differ most (by over {nearest.mark_db:.1f} dB)" if len(marked)
+              else f"no band differs by over {nearest.mark_db:.1f} dB"),
+    ))
+    figure.update_layout(
+        title=f"Band profile against the nearest normal training clip (RMS difference {nearest.distance_db:.2f} dB)",
+        xaxis={"title": "frequency (Hz, mel scale)", "tickvals": np.interp(ticks, band_hz, bands),
+               "ticktext": [f"{hz:g}" for hz in ticks]},
+        yaxis_title="mean level over time (dB, clip level removed)",
+        height=360,
+        margin={"t": 40, "b": 40},
+        legend={"orientation": "h", "y": -0.25},
     )
     return figure
 

@@ -22,6 +22,7 @@ from .metadata import ModelMismatchError
 from .scoring import UNFAMILIAR, UNFAMILIAR_ADVICE
 from .serving import ServingError
 from .tensorflow_import import import_tensorflow
+from .train_help import train_epilog
 
 EXIT_BAD_INPUT = 2
 EXIT_LOAD_TEST_FAILED = 1  # asd loadtest: a request was lost or answered wrongly
@@ -160,22 +161,45 @@ def _header_problem(file: str) -> str | None:
     return None
 
 
+def _score_line(file, result, model: dict, as_json: bool) -> str:
+    """One scored clip as ``asd score`` prints it: a table row, or a JSON object."""
+    if as_json:
+        return json.dumps({"file": str(file), "anomaly_score": result.score, "threshold": result.threshold,
+                           "verdict": result.verdict, "unfamiliarity": result.unfamiliarity,
+                           "unfamiliar_threshold": result.unfamiliar_threshold, "notes": result.notes, "model": model})
+    return f"{file}\t{result.score:.6f}\t{result.threshold:.6f}\t{result.verdict}\t{'; '.join(result.notes)}"
+
+
+def _print_header(detector) -> None:
+    meta = detector.metadata
+    unfamiliar_rule = f"; unfamiliar above {detector.unfamiliar_threshold:.6f}" if detector.unfamiliar_threshold else ""
+    print(f"# model {meta.name} v{meta.version} ({meta.detector}): decision threshold {detector.threshold:.6f}"
+          f"{unfamiliar_rule}")
+    print("\t".join(SCORE_COLUMNS), flush=True)
+
+
 def cmd_score(args) -> int:
-    problems = [_header_problem(f) for f in args.files]
+    from .bulk_scoring import expand_paths
+
+    if args.resume and not args.output:
+        raise ValueError("--resume needs --output FILE (the results to go on with)")
+    files = expand_paths(args.files)
+    if not files:
+        raise FileNotFoundError(f"no .wav or .flac files in {', '.join(args.files)}")
+    problems = [_header_problem(f) for f in files]
     if all(problems):  # nothing to score: answer before loading a model (and TensorFlow)
         for message in problems:
             print(f"asd: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
     detector = _detector(args)
+    if args.concurrency or args.output:
+        return _score_concurrently(args, detector, files)
     meta = detector.metadata
     model = {"name": meta.name, "version": meta.version}
     if not args.json:
-        unfamiliar_rule = f"; unfamiliar above {detector.unfamiliar_threshold:.6f}" if detector.unfamiliar_threshold else ""
-        print(f"# model {meta.name} v{meta.version} ({meta.detector}): decision threshold {detector.threshold:.6f}"
-              f"{unfamiliar_rule}")
-        print("\t".join(SCORE_COLUMNS), flush=True)
+        _print_header(detector)
     failed, unfamiliar = 0, 0
-    for file, outcome in detector.score_files(args.files, workers=args.workers, batch_size=args.batch_size,
+    for file, outcome in detector.score_files(files, workers=args.workers, batch_size=args.batch_size,
                                               channel=args.channel, display=False):
         if isinstance(outcome, AudioError):  # its message starts with the file name
             message = str(outcome)
@@ -184,20 +208,51 @@ def cmd_score(args) -> int:
         elif isinstance(outcome, OSError):  # missing, a directory, unreadable
             message = f"{file}: {outcome.strerror or outcome}"
         else:
-            if args.json:
-                print(json.dumps({"file": str(file), "anomaly_score": outcome.score, "threshold": outcome.threshold,
-                                  "verdict": outcome.verdict, "unfamiliarity": outcome.unfamiliarity,
-                                  "unfamiliar_threshold": outcome.unfamiliar_threshold, "notes": outcome.notes,
-                                  "model": model}), flush=True)
-            else:
-                print(f"{file}\t{outcome.score:.6f}\t{outcome.threshold:.6f}\t{outcome.verdict}\t{'; '.join(outcome.notes)}",
-                      flush=True)
+            print(_score_line(file, outcome, model, args.json), flush=True)
             unfamiliar += outcome.verdict == UNFAMILIAR
             continue
         failed += 1
         print(f"asd: error: {message}", file=sys.stderr)
     if unfamiliar:
         print(f"asd: {unfamiliar} clip(s) unfamiliar: {UNFAMILIAR_ADVICE}", file=sys.stderr)
+    return EXIT_BAD_INPUT if failed else 0
+
+
+def _score_concurrently(args, detector, files) -> int:
+    """``asd score --concurrency N`` / ``--output FILE``: clips in flight at once, results
+    as they complete, retries of transient server errors, a summary at the end."""
+    from collections import Counter
+
+    from .bulk_scoring import Progress, ResultFile, result_record, score_concurrently, summary
+
+    meta = detector.metadata
+    model = {"name": meta.name, "version": meta.version}
+    output = ResultFile(args.output, meta.name, meta.version, resume=args.resume) if args.output else None
+    todo = [f for f in files if str(f) not in output.done] if output else files
+    if output is None and not args.json:
+        _print_header(detector)
+    # a progress bar on a terminal, unless the results themselves go to it
+    progress = Progress(len(todo), stream=sys.stderr if (output or not sys.stdout.isatty()) else None)
+    verdicts: Counter = Counter()
+    failed = []
+    try:
+        for outcome in score_concurrently(detector, todo, args.concurrency or 1, args.channel, retries=args.retries):
+            if outcome.result is None:
+                failed.append(outcome)
+            else:
+                verdicts[outcome.result.verdict] += 1
+                if output:
+                    output.write(result_record(outcome.result, outcome.file, meta.name, meta.version))
+                else:
+                    print(_score_line(outcome.file, outcome.result, model, args.json), flush=True)
+            progress.update(outcome.result is None)
+    finally:
+        progress.finish()
+        if output:
+            output.close()
+    print(summary(verdicts, failed, len(files) - len(todo)), file=sys.stderr)
+    if verdicts[UNFAMILIAR]:
+        print(f"asd: {verdicts[UNFAMILIAR]} clip(s) unfamiliar: {UNFAMILIAR_ADVICE}", file=sys.stderr)
     return EXIT_BAD_INPUT if failed else 0
 
 
@@ -301,8 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"asd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a model on normal clips and export it as a SavedModel")
-    p.add_argument("--config", required=True, help="YAML training config (see development/configs/)")
+    p = sub.add_parser("train", help="train a model on normal clips and export it as a SavedModel",
+                       description="Train a model on a machine type's normal clips, fit its decision threshold,\n"
+                                   "evaluate it on the labelled test clips and export it as a SavedModel.",
+                       epilog=train_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="YAML training config (the shipped ones and every key below)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting, e.g. training.epochs=3")
     p.add_argument("--models-dir", metavar="DIR",
                    help="export to DIR/<name>/<next version>/ (default: the config's models_dir, runs/models; "
@@ -316,9 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores-csv", metavar="FILE", help="also write each clip's score as CSV")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("score", help="score WAV/FLAC files: a '# model' line, then a tab-separated table "
+    p = sub.add_parser("score", help="score WAV/FLAC files and folders: a '# model' line, then a tab-separated table "
                        "(file, anomaly_score, threshold, verdict, notes)")
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("files", nargs="+", metavar="PATH", help="WAV/FLAC files, or folders (their .wav/.flac files, recursively)")
     _add_backend_options(p)
     p.add_argument("--workers", type=int, default=2,
                    help="threads decoding clips and computing log-mel ahead of the model (default 2)")
@@ -330,6 +388,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true",
                    help="write one JSON object per clip (JSON Lines: file, anomaly_score, threshold, verdict, "
                         "unfamiliarity, unfamiliar_threshold, notes, model) instead of the table")
+    p.add_argument("--concurrency", type=_positive_int, metavar="N",
+                   help="score N clips at once, each its own request (for a server, or several behind one "
+                        "address); results in the order they complete, with a summary on stderr")
+    p.add_argument("--output", metavar="FILE",
+                   help="write results to FILE as they come: CSV if it ends in .csv, else JSON Lines "
+                        "(columns file, anomaly_score, threshold, verdict, unfamiliarity, unfamiliar_threshold, notes, "
+                        "model_name, model_version); never overwrites")
+    p.add_argument("--resume", action="store_true",
+                   help="go on with an existing --output: skip the clips already in it (same model and version)")
+    p.add_argument("--retries", type=int, default=4, metavar="N",
+                   help="with --concurrency or --output: retry a clip N times, waiting 0.5, 1, 2, ... s, when the "
+                        "server is unreachable, overloaded or too slow (default 4); a clip still failing is listed")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("robustness", help="score the labelled test clips clean and through the recording chain "

@@ -28,11 +28,14 @@ class _Strict(BaseModel):
 
 
 class TrainingSettings(_Strict):
-    epochs: int = Field(default=40, gt=0)
-    batch_size: int = Field(default=128, gt=0)
-    learning_rate: float = Field(default=1e-3, gt=0)
-    validation_fraction: float = Field(default=0.1, gt=0, lt=1)
-    early_stopping_patience: int = Field(default=5, ge=0)
+    epochs: int = Field(default=40, gt=0, description="passes over the training clips (early stopping may end sooner)")
+    batch_size: int = Field(default=128, gt=0, description="examples per gradient step: log-mel patches, or whole clips "
+                            "for the waveform detectors (spectrum_adacos, multispec_scac)")
+    learning_rate: float = Field(default=1e-3, gt=0, description="optimiser step size (Adam; AdamW for multispec_scac)")
+    validation_fraction: float = Field(default=0.1, gt=0, lt=1, description="share of each domain's normal clips held "
+                                       "out for early stopping (autoencoders)")
+    early_stopping_patience: int = Field(default=5, ge=0, description="epochs without a lower validation loss before "
+                                         "training stops (autoencoders)")
     max_train_clips: int | None = Field(default=None, gt=0, description="use at most this many clips (quick runs)")
 
 
@@ -40,30 +43,38 @@ class ThresholdSettings(_Strict):
     """Decision threshold: ``margin * gamma.ppf(quantile)`` of the training clips' scores
     (:func:`asd.scoring.fit_gamma_threshold`)."""
 
-    quantile: float = Field(default=0.9, gt=0, lt=1)
-    margin: float = Field(default=1.0, gt=0)
-    margin_chosen_on: str | None = None  # where the margin comes from, for the model's metadata
+    quantile: float = Field(default=0.9, gt=0, lt=1, description="quantile of a gamma fit of the training clips' anomaly "
+                            "scores (0.9 as in the DCASE 2021+ baselines)")
+    margin: float = Field(default=1.0, gt=0, description="factor on that quantile (1: the baselines' rule)")
+    margin_chosen_on: str | None = Field(default=None, description="where the margin comes from, for the model's metadata")
 
 
 class TrainConfig(_Strict):
     """A training run. Relative paths are taken from the working directory;
     ``$VARS`` and ``~`` are expanded."""
 
-    name: str = Field(default="toycar", pattern=r"^[A-Za-z0-9_.-]+$")
-    machine_type: str | None = None
-    data_dir: Path
+    name: str = Field(default="toycar", pattern=r"^[A-Za-z0-9_.-]+$",
+                      description="model name: the folder under models_dir, as TF Serving names the model")
+    machine_type: str | None = Field(default=None, description="machine type in the model's metadata "
+                                     "(null: from the clips' folder, e.g. ToyCar)")
+    data_dir: Path = Field(description="machine-type folder: train/ (normal clips) and, for evaluation, labelled test/")
     # a casual run never becomes the app's newest model: shipping is explicit
     # (asd train --models-dir production/models)
-    models_dir: Path = Path("runs/models")
-    runs_dir: Path = Path("runs")
-    version: int | None = Field(default=None, gt=0)
-    seed: int = 13711
-    features: dict[str, Any] = Field(default_factory=dict)
+    models_dir: Path = Field(default=Path("runs/models"), description="models directory in TF Serving's layout, "
+                             "<models_dir>/<name>/<version>/ (asd train --models-dir overrides it)")
+    runs_dir: Path = Field(default=Path("runs"), description="TensorBoard runs, <runs_dir>/<name>/<date-time>-v<version>/")
+    version: int | None = Field(default=None, gt=0, description="model version to write (null: the next free number; "
+                                "an existing version is never overwritten)")
+    seed: int = Field(default=13711, description="seed of the validation split, the initial weights and the shuffling")
+    features: dict[str, Any] = Field(default_factory=dict, description="log-mel settings (asd.features.FeatureConfig; "
+                                     "the app computes exactly these)")
     detector: str = Field(default="conv_ae", description="a servable kind of asd.detectors.DETECTORS")
     model: dict[str, Any] = Field(default_factory=dict, description="the detector's settings (its Model class)")
     training: TrainingSettings = Field(default_factory=TrainingSettings)
-    threshold: ThresholdSettings = Field(default_factory=ThresholdSettings)
-    evaluate: bool = True
+    threshold: ThresholdSettings = Field(default_factory=ThresholdSettings,
+                                         description="decision threshold: margin * gamma.ppf(quantile)")
+    evaluate: bool = Field(default=True, description="score data_dir/test (labelled) after training; AUC, pAUC and "
+                           "official score go into the model's metadata")
 
     @field_validator("data_dir", "models_dir", "runs_dir", mode="before")
     @classmethod

@@ -76,6 +76,10 @@ class ModelMetadata:
     unfamiliar : dict or None
         The unfamiliar threshold (``threshold``) on the ``unfamiliarity`` output and how it
         was fitted (:mod:`asd.familiarity`); None for models without that output.
+    frame_threshold : dict or None
+        Frame-level models: the per-frame error (``value``) above which the app marks a
+        frame, and how it was fitted (:func:`asd.explanations.fit_frame_threshold`); None
+        for whole-clip models and models exported before it (the app marks no frames).
     """
 
     name: str
@@ -92,6 +96,7 @@ class ModelMetadata:
     input: str = INPUT_NAME
     input_samples: int | None = None
     unfamiliar: dict | None = None
+    frame_threshold: dict | None = None
     format: str = FORMAT
 
     @property
@@ -103,6 +108,11 @@ class ModelMetadata:
         """The ``unfamiliarity`` above which a clip is ``unfamiliar``; None if the model has none."""
         return float(self.unfamiliar["threshold"]) if self.unfamiliar else None
 
+    @property
+    def frame_threshold_value(self) -> float | None:
+        """The per-frame error above which a frame is marked; None if the model has none."""
+        return float(self.frame_threshold["value"]) if self.frame_threshold else None
+
     def to_dict(self) -> dict:
         return {
             "format": self.format,
@@ -113,6 +123,7 @@ class ModelMetadata:
             "features": self.features.to_dict(),
             "threshold": self.threshold,
             **({"unfamiliar": self.unfamiliar} if self.unfamiliar else {}),
+            **({"frame_threshold": self.frame_threshold} if self.frame_threshold else {}),
             "score_unit": self.score_unit,
             "signature": {
                 "name": SERVING_SIGNATURE,
@@ -145,6 +156,8 @@ class ModelMetadata:
                 "this asd version cannot feed it"
             )
         try:
+            if values.get("frame_threshold") is not None:
+                float(values["frame_threshold"]["value"])  # checked here, not when the app first draws
             return cls(
                 name=values["name"],
                 version=int(values["version"]),
@@ -160,6 +173,7 @@ class ModelMetadata:
                 input=signature.get("input", INPUT_NAME),
                 input_samples=int(signature["input_shape"][1]) if signature.get("input") == WAVEFORM_INPUT_NAME else None,
                 unfamiliar=values.get("unfamiliar"),
+                frame_threshold=values.get("frame_threshold"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelMismatchError(f"model metadata is incomplete or invalid: {exc}") from None

@@ -29,6 +29,7 @@ from .config import ThresholdSettings, TrainConfig
 from .data import list_clips
 from .detectors import ServableDetector, load_clipset, make_detector
 from .evaluation import evaluate_directory, write_scores_csv
+from .explanations import FRAME_RULE, BandProfiles, fit_frame_threshold, training_frame_errors
 from .export import export_savedmodel
 from .inference import Detector
 from .layout import next_version
@@ -130,6 +131,10 @@ def export_fitted(
     The threshold is the gamma fit of the training clips' scores, computed by the very
     function that is exported; evaluation (when ``evaluate`` and ``data_dir/test``
     exists) scores the test clips through it too and stores the figures in the metadata.
+    What the app explains a clip with is fitted on the training clips too
+    (:mod:`asd.explanations`): a frame-level model's per-frame threshold (metadata
+    ``frame_threshold``; one more pass of the training clips through the function), a
+    whole-clip model's band profiles (``assets.extra/band_profiles.npz``).
 
     Raises
     ------
@@ -194,6 +199,19 @@ def export_fitted(
             "tensorboard_run": portable_path(run_dir),
         },
     )
+    # What the app explains a clip with (asd.explanations): frame-level models' per-frame
+    # threshold goes into the metadata (and so the metadata signature); whole-clip models'
+    # band profiles into assets.extra once the version directory is written.
+    band_profiles = None
+    if detector.input_name == WAVEFORM_INPUT_NAME:
+        band_profiles = BandProfiles.fit([c.path.name for c in clips], train_set.logmels)
+    else:
+        served = Detector(FunctionBackend(serve, metadata), detector.features)
+        metadata.frame_threshold = {
+            **fit_frame_threshold(training_frame_errors(served, [c.path.name for c in clips], train_set.logmels)),
+            "fitted_on": "all normal training clips, through the exported function",
+        }
+        log(f"frame threshold {metadata.frame_threshold_value:.4f} ({FRAME_RULE})")
     if evaluate and (Path(data_dir) / "test").is_dir():
         log("evaluating on the labelled test clips ...")
         metrics, rows = evaluate_directory(Detector(FunctionBackend(serve, metadata), detector.features), data_dir)
@@ -208,5 +226,7 @@ def export_fitted(
         )
     metadata.training["duration_s"] = round(time.monotonic() - started, 1)
     export_savedmodel(detector.trackable(), serve, metadata, version_dir)
+    if band_profiles is not None:
+        band_profiles.save(version_dir)
     log(f"exported {version_dir}")
     return metadata

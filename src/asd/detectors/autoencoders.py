@@ -31,6 +31,7 @@ from ..metadata import INPUT_NAME
 from ..model import build_conv_autoencoder
 from ..tensorboard_logging import run_callbacks
 from .base import ClipSet, Params, ServableDetector, split_validation
+from .progress import keras_epoch_log
 
 
 def fit_keras(model: keras.Model, x, x_val, training, seed: int, run_dir=None, log=print, callbacks=()) -> dict:
@@ -49,6 +50,8 @@ def fit_keras(model: keras.Model, x, x_val, training, seed: int, run_dir=None, l
     callbacks += extra  # after EarlyStopping: their on_train_end sees the restored best weights
     timer = EpochTimer()
     callbacks.append(timer)
+    progress = keras_epoch_log(log, training.epochs)  # last: its seconds include the others' epoch-end work
+    callbacks += [progress] if progress else []
     dataset = (
         tf.data.Dataset.from_tensor_slices((x, x))
         .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
@@ -58,10 +61,13 @@ def fit_keras(model: keras.Model, x, x_val, training, seed: int, run_dir=None, l
     val = tf.data.Dataset.from_tensor_slices((x_val, x_val)).batch(1024) if monitor == "val_loss" else None
     started = time.monotonic()
     history = model.fit(
-        dataset, validation_data=val, epochs=training.epochs, callbacks=callbacks, verbose=2 if log else 0,
+        dataset, validation_data=val, epochs=training.epochs, callbacks=callbacks, verbose=0,
         shuffle=False,  # the dataset reshuffles itself every epoch
     ).history
     best = int(np.argmin(history[monitor]))
+    if log and len(history["loss"]) < training.epochs:
+        log(f"early stopping after epoch {len(history['loss'])}/{training.epochs}: best {monitor} at epoch {best + 1}, "
+            "whose weights are kept")
     return {
         "epochs_run": len(history["loss"]),
         "best_epoch": best + 1,

@@ -157,7 +157,9 @@ class AnomalyDetector:
     epoch_evaluation: ClassVar[bool] = False
 
     def fit(self, train: ClipSet, run_dir: str | os.PathLike | None = None, log=print) -> "AnomalyDetector":
-        """Fit on normal clips. ``run_dir``: where neural detectors write TensorBoard logs."""
+        """Fit on normal clips. ``run_dir``: where neural detectors write TensorBoard logs.
+        ``log``: called with one line of progress per epoch (neural detectors) or before and
+        after the fit (classical ones), :mod:`asd.detectors.progress`; ``None``: silent."""
         raise NotImplementedError
 
     def score(self, clips: ClipSet) -> np.ndarray:

@@ -27,6 +27,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import OneClassSVM
 
 from .base import AnomalyDetector, ClipSet, Params
+from .progress import fitting
 
 
 def pooled_statistics(clips: ClipSet) -> np.ndarray:
@@ -54,10 +55,13 @@ class _Classical(AnomalyDetector):
 
             self.autoencoder, reused = fitted_conv_autoencoder(self.features, self.training, self.seed, train, run_dir, log)
             self.info = {"autoencoder": self.autoencoder.info, "autoencoder_reused": reused}
+            if reused and log:
+                log("conv_ae of these settings and seed already trained in this process: its latent space reused")
         vectors = self._vectors(train)
-        self.scaler = StandardScaler().fit(vectors)
-        self.estimator = self.make_estimator(len(train))
-        self.estimator.fit(self.scaler.transform(vectors))
+        with fitting(log, self.kind, on=f"{len(train)} clips' {self.params.space} vectors ({vectors.shape[1]} dimensions)"):
+            self.scaler = StandardScaler().fit(vectors)
+            self.estimator = self.make_estimator(len(train))
+            self.estimator.fit(self.scaler.transform(vectors))
         return self
 
     def score(self, clips: ClipSet) -> np.ndarray:

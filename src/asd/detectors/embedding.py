@@ -27,6 +27,7 @@ from pydantic import Field
 
 from .autoencoders import _patch_spec, normalisation_record, per_mel_standardisation
 from .base import ClipSet, Params, ServableDetector
+from .progress import keras_epoch_log
 
 
 class ArcFaceHead(layers.Layer):
@@ -110,8 +111,10 @@ class ArcFaceDetector(ServableDetector):
             .prefetch(tf.data.AUTOTUNE)
         )
         callbacks = [keras.callbacks.TensorBoard(log_dir=str(run_dir), update_freq="epoch")] if run_dir is not None else []
+        progress = keras_epoch_log(log, self.training.epochs)  # ArcFace loss; no clips held out
+        callbacks += [progress] if progress else []
         started = time.monotonic()
-        history = classifier.fit(dataset, epochs=self.training.epochs, callbacks=callbacks, verbose=2 if log else 0, shuffle=False).history
+        history = classifier.fit(dataset, epochs=self.training.epochs, callbacks=callbacks, verbose=0, shuffle=False).history
         self.info = {
             "epochs_run": len(history["loss"]),
             "best_epoch": len(history["loss"]),

@@ -52,6 +52,7 @@ from pydantic import Field, model_validator
 from ..metadata import WAVEFORM_INPUT_NAME
 from .backends import build_bank
 from .base import ClipSet, Params, ServableDetector
+from .progress import epoch_line
 from .spectrum import SpectrumAdaCosDetector, _cross_entropy, mixup, whole_clip_log_spectrum
 
 
@@ -247,6 +248,8 @@ class MultiSpecAdaCosDetector(ServableDetector):
         started = time.monotonic()
         key = self._network_key(train)
         if key in _FITTED_NETWORKS:  # same networks and their embeddings, another backend (asd benchmark's rows)
+            if log:
+                log(f"networks of this seed already trained in this process: reused, {self.params.backend} backend fitted")
             _, self.embedders, self._train_embeddings, info = _FITTED_NETWORKS[key]
             self._fit_banks(train.domains)
             self._serve = None
@@ -261,7 +264,9 @@ class MultiSpecAdaCosDetector(ServableDetector):
         index = np.concatenate([np.arange(len(waves))] + [target] * (self.params.target_oversampling - 1))
         n = self.input_samples
         crop = min(n, int(round((self.params.crop_seconds or self.params.clip_seconds) * self.features.sample_rate)))
-        batch = self.training.batch_size
+        # whole batches only (the last partial one is dropped each epoch), but at least one:
+        # fewer examples than batch_size would otherwise leave the network untrained
+        batch = min(self.training.batch_size, len(index))
         from ..tensorboard_logging import EnsembleLog
 
         board = EnsembleLog(self, run_dir, self.params.n_models)
@@ -292,8 +297,8 @@ class MultiSpecAdaCosDetector(ServableDetector):
                 epoch_seconds.append(round(time.monotonic() - t0, 2))
                 board.epoch(m, epoch, losses, self.training.learning_rate)
                 if log:
-                    log(f"network {m + 1}/{self.params.n_models}, epoch {epoch + 1}/{self.training.epochs}: "
-                        f"loss {np.mean(losses):.4f}, AdaCos scale {float(head.scale.numpy()):.2f}, {epoch_seconds[-1]:.0f} s")
+                    log(epoch_line(epoch + 1, self.training.epochs, np.mean(losses), epoch_seconds[-1],
+                                   network=(m + 1, self.params.n_models), extra=f"AdaCos scale {float(head.scale.numpy()):.2f}"))
             if crop < n:  # the same weights on whole clips
                 whole = self.build_embedder(n)
                 whole.set_weights(embedder.get_weights())

@@ -40,6 +40,7 @@ from ..audio import load_audio
 from ..features import fit_waveform
 from ..metadata import WAVEFORM_INPUT_NAME
 from .base import ClipSet, Params, ServableDetector
+from .progress import epoch_line
 
 
 def whole_clip_log_spectrum(waveforms, n_samples: int, bin_group: int, max_bins: int | None = None) -> tf.Tensor:
@@ -179,8 +180,10 @@ class SpectrumAdaCosDetector(ServableDetector):
         y = np.eye(len(classes), dtype=np.float32)[[classes.index(n) for n in names]]
         target = np.flatnonzero(train.domains == "target")
         index = np.concatenate([np.arange(len(x))] + [target] * (self.params.target_oversampling - 1))
-        batch = self.training.batch_size
-        self.embedders, self.banks, self.scales = [], [], []
+        # whole batches only (the last partial one is dropped each epoch), but at least one:
+        # fewer examples than batch_size would otherwise leave the network untrained
+        batch = min(self.training.batch_size, len(index))
+        self.embedders, self.banks, self.scales, epoch_seconds = [], [], [], []
         from ..tensorboard_logging import EnsembleLog  # imports this package's base module
 
         board = EnsembleLog(self, run_dir, self.params.n_models)
@@ -190,13 +193,18 @@ class SpectrumAdaCosDetector(ServableDetector):
             rng = np.random.default_rng(seed)
             classifier, embedder = self._build(x.shape[1], len(classes))
             for epoch in range(self.training.epochs):
+                t0 = time.monotonic()
                 order = rng.permutation(index)
                 losses = []
                 for start in range(0, len(order) - batch + 1, batch):
                     i = order[start : start + batch]
                     xb, yb = mixup(x[i], y[i], rng, self.params.mixup_probability)
                     losses.append(float(classifier.train_on_batch(xb, yb)))
+                epoch_seconds.append(round(time.monotonic() - t0, 2))
                 board.epoch(m, epoch, losses, self.training.learning_rate)
+                if log:
+                    log(epoch_line(epoch + 1, self.training.epochs, np.mean(losses), epoch_seconds[-1],
+                                   network=(m + 1, self.params.n_models)))
             bank = self._normalised(embedder.predict(x, batch_size=64, verbose=0))
             self.embedders.append(embedder)
             self.banks.append({d: bank[train.domains == d] for d in ("source", "target") if (train.domains == d).any()})
@@ -204,7 +212,7 @@ class SpectrumAdaCosDetector(ServableDetector):
         self._serve = None
         self.info = {"n_models": self.params.n_models, "epochs": self.training.epochs, "classes": classes,
                      "parameters": int(sum(e.count_params() for e in self.embedders)),
-                     "seconds": round(time.monotonic() - started, 1)}
+                     "epoch_seconds": epoch_seconds, "seconds": round(time.monotonic() - started, 1)}
         return self
 
     @staticmethod

@@ -8,8 +8,11 @@ What is measured (every figure as the median and range of repeated runs):
   and where a clip's time goes (decode, log-mel, model) when clips go one at a time.
 - **Serving**: one 12 s clip's request through the REST client and the gRPC client
   against the stand-in server (:mod:`asd.standins.rest`, its own process, backed by
-  the real SavedModel): p50/p95, the client's share (encoding, decoding) apart from the
-  server's (its ``Server-Timing`` header for REST), and the payload sizes.
+  the real SavedModel): p50/p95, and for REST where a request's time goes, measured
+  from the client's side (TF Serving sends no timing header): encoding and decoding in
+  the client, the model (the same SavedModel run in the bench process on the same
+  input), an empty round trip (a status request), and the rest (the server's JSON and
+  the bytes on the wire); the payload sizes.
 - **Training**: ``asd train`` of the convolutional autoencoder (the shipped v1 recipe):
   each epoch's seconds, the total to the exported model, peak RSS.
 - **Memory of the app**: peak RSS of the Streamlit process after it has checked a clip,
@@ -269,42 +272,117 @@ def _clip_input(backend, clip_path: Path):
     return inputs
 
 
-def measure_rest(url: str, name: str, version: int, clip_path: Path, n_requests: int, log=print) -> dict:
+def split_request_time(request_s: list[float], encode_s: list[float], decode_s: list[float], model_s: list[float],
+                       round_trip_s: list[float]) -> dict:
+    """Where a REST ``:predict`` request's time goes, from the client's side.
+
+    TF Serving's answer says nothing of its own time (no timing header), so the parts
+    are measured apart and the median of each subtracted from the median request:
+
+    Parameters
+    ----------
+    request_s : list of float
+        Seconds of whole requests: encode, POST, wait, decode.
+    encode_s, decode_s : list of float
+        Seconds the client spent writing the JSON body and reading the answer.
+    model_s : list of float
+        Seconds of the same SavedModel version run on the same input in this process
+        (what the server spends in the model, on the same machine).
+    round_trip_s : list of float
+        Seconds of an empty exchange with the server (a status request: no body, no
+        model): HTTP's fixed cost a request.
+
+    Returns
+    -------
+    dict
+        ``client_encode_ms``, ``client_decode_ms``, ``model_ms``, ``round_trip_ms``
+        (each p50/p95/max) and ``payload_ms``: median request minus the medians of the
+        four, i.e. the server reading and writing the JSON and the bytes crossing the
+        connection (slightly negative when the payload is small and noise wins).
+    """
+    parts = {"client_encode_ms": encode_s, "client_decode_ms": decode_s, "model_ms": model_s,
+             "round_trip_ms": round_trip_s}
+    rest = statistics.median(request_s) - sum(statistics.median(v) for v in parts.values())
+    return {**{key: percentiles_ms(v) for key, v in parts.items()}, "payload_ms": round(rest * 1e3, 2)}
+
+
+def rest_request_parts(backend, local, inputs: np.ndarray, n_requests: int) -> tuple[dict, bytes, bytes]:
+    """Time ``n_requests`` REST requests of ``inputs`` in parts, and split them
+    (:func:`split_request_time`).
+
+    Parameters
+    ----------
+    backend : asd.serving.rest.RestBackend
+    local : asd.serving.inprocess.InProcessBackend
+        The same model version, in this process.
+    inputs : np.ndarray [dtype=float32]
+        The model's input, e.g. log-mel patches ``(n_patches, n_mels, patch_frames)``.
+
+    Returns
+    -------
+    (split, request_body, response_body)
+
+    Raises
+    ------
+    ValueError
+        ``local`` is not the served model (other metadata, or other outputs on
+        ``inputs``): its time would not be the server's.
+    """
+    import orjson
+
+    from ..serving.rest import decode_predict_response, encode_predict_request
+
+    if local.metadata.to_dict() != backend.metadata.to_dict():
+        raise ValueError(f"the in-process model ({local.describe()}) is not the served one ({backend.describe()})")
+    served, here = backend.predict(inputs), local.predict(inputs)
+    if not np.allclose(served.patch_error, here.patch_error, rtol=1e-3, atol=1e-6):
+        raise ValueError("the in-process model answers otherwise than the served one on the same input")
+    encode, decode, total = [], [], []
+    for _ in range(n_requests):
+        t0 = time.perf_counter()
+        body = encode_predict_request(inputs, backend.metadata.input)
+        t1 = time.perf_counter()
+        response = backend._session.post(f"{backend.model_url}:predict", data=body, timeout=backend.timeout_s)
+        t2 = time.perf_counter()
+        decode_predict_response(orjson.loads(response.content)["outputs"], len(inputs))
+        t3 = time.perf_counter()
+        encode.append(t1 - t0)
+        decode.append(t3 - t2)
+        total.append(t3 - t0)
+    round_trip = []
+    for _ in range(n_requests):
+        started = time.perf_counter()
+        backend._session.get(backend.model_url, timeout=backend.timeout_s).content
+        round_trip.append(time.perf_counter() - started)
+    model = time_requests(local, inputs, n_requests, warm_up=2)
+    return split_request_time(total, encode, decode, model, round_trip), body, response.content
+
+
+def measure_rest(url: str, name: str, version: int, clip_path: Path, n_requests: int, models_dir: Path,
+                 log=print) -> dict:
     """One clip's request through :class:`asd.serving.rest.RestBackend`, and its parts.
 
     Returns
     -------
     dict
         ``request_ms`` (``backend.predict``: encode, POST, server, decode), ``end_to_end_ms``
-        (file to verdict: decode, log-mel and the request), ``client_encode_ms``,
-        ``client_decode_ms``, ``server_ms`` (the stand-in's ``Server-Timing``: parse the
-        JSON, run the model, write the JSON), ``transport_ms`` (the rest: HTTP on
-        loopback), payload sizes, and the naive ways (``naive_full_precision``: the
-        standard library's JSON of float64 lists; ``naive_per_patch``: one request a patch).
+        (file to verdict: decode, log-mel and the request), the parts of
+        :func:`split_request_time` (``client_encode_ms``, ``client_decode_ms``,
+        ``model_ms`` from the same version in this process under ``models_dir``,
+        ``round_trip_ms``, ``payload_ms``), payload sizes, and the naive ways
+        (``naive_full_precision``: the standard library's JSON of float64 lists;
+        ``naive_per_patch``: one request a patch).
     """
-    import orjson
-
     from ..inference import Detector
-    from ..serving.rest import RestBackend, decode_predict_response, encode_predict_request
+    from ..serving.inprocess import InProcessBackend
+    from ..serving.rest import RestBackend, decode_predict_response
 
     backend = RestBackend(url, name, version=version, timeout_s=60)
     inputs = _clip_input(backend, clip_path)
     request = time_requests(backend, inputs, n_requests)
-
-    encode, decode, server, total = [], [], [], []
-    for _ in range(max(5, n_requests // 2)):
-        t0 = time.perf_counter()
-        body = encode_predict_request(inputs, backend.metadata.input)
-        t1 = time.perf_counter()
-        response = backend._session.post(f"{backend.model_url}:predict", data=body, timeout=60)
-        t2 = time.perf_counter()
-        decode_predict_response(orjson.loads(response.content)["outputs"], len(inputs))
-        t3 = time.perf_counter()
-        encode.append(t1 - t0)
-        decode.append(t3 - t2)
-        server.append(float(response.headers["Server-Timing"].split("dur=")[1]) / 1e3)
-        total.append(t3 - t0)
-    request_bytes, response_bytes = len(body), len(response.content)
+    parts, body, answer = rest_request_parts(backend, InProcessBackend(models_dir, name=name, version=version), inputs,
+                                             max(5, n_requests // 2))
+    request_bytes, response_bytes = len(body), len(answer)
 
     detector = Detector(backend)
     end_to_end = []
@@ -342,11 +420,7 @@ def measure_rest(url: str, name: str, version: int, clip_path: Path, n_requests:
         "input_shape": list(inputs.shape),
         "request_ms": percentiles_ms(request),
         "end_to_end_ms": percentiles_ms(end_to_end),
-        "client_encode_ms": percentiles_ms(encode),
-        "client_decode_ms": percentiles_ms(decode),
-        "server_ms": percentiles_ms(server),
-        "transport_ms": round(statistics.median(total) * 1e3 - sum(
-            statistics.median(v) * 1e3 for v in (encode, decode, server)), 2),
+        **parts,
         "request_mb": _mb(request_bytes),
         "response_mb": _mb(response_bytes),
         "naive_full_precision": {"request_ms": percentiles_ms(naive), "request_mb": _mb(len(naive_body))},
@@ -354,7 +428,8 @@ def measure_rest(url: str, name: str, version: int, clip_path: Path, n_requests:
     }
     log(f"  REST v{version}: p50 {result['request_ms']['p50']} ms, p95 {result['request_ms']['p95']} ms, "
         f"{result['request_mb']} MB; client {result['client_encode_ms']['p50']} + {result['client_decode_ms']['p50']} ms, "
-        f"server {result['server_ms']['p50']} ms")
+        f"model {result['model_ms']['p50']} ms, empty round trip {result['round_trip_ms']['p50']} ms, "
+        f"payload {result['payload_ms']} ms")
     return result
 
 
@@ -651,7 +726,7 @@ def run_bench(settings: BenchSettings, log=print) -> dict:
         )
         url = f"http://127.0.0.1:{rest_port}"
         try:
-            report["rest"] = [measure_rest(url, settings.name, v, serving_clip, settings.requests, log)
+            report["rest"] = [measure_rest(url, settings.name, v, serving_clip, settings.requests, settings.models, log)
                               for v in model_versions]
             try:
                 report["grpc"] = [measure_grpc(f"127.0.0.1:{grpc_port}", settings.name, v, serving_clip,
@@ -759,18 +834,21 @@ def markdown(report: dict) -> str:
         "",
         "The stand-in server (`python -m asd.standins`, its own process, the real SavedModel behind TF "
         "Serving's REST and gRPC APIs) answers. *Request*: the client's `predict` (encode, send, server, decode). "
-        "*Server*: the stand-in's own time from its `Server-Timing` header (parse the JSON in Python, run the model, "
-        "write the JSON; TF Serving does the JSON in C++). *Transport*: the rest (HTTP on loopback). *End to end*: "
-        "file to verdict (decode, log-mel, request).",
+        "*End to end*: file to verdict (decode, log-mel, request). The request's parts are measured from the "
+        "client's side, as TF Serving tells a client nothing of its own time: *encode / decode*, the client's JSON; "
+        "*model*, the same SavedModel version run in the bench process on the same input; *empty round trip*, a "
+        "status request (HTTP on loopback, no body, no model); *payload*, the rest of the median request: the "
+        "server reading and writing the JSON (in Python here, in C++ in TF Serving) and the bytes on the wire.",
         "",
-        "| REST | input | request p50 / p95, ms | end to end p50, ms | client: encode / decode p50, ms | server p50, ms | transport, ms | request / response, MB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| REST | input | request p50 / p95, ms | end to end p50, ms | client: encode / decode p50, ms | model p50, ms | empty round trip p50, ms | payload, ms | request / response, MB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rest"]:
         lines.append(
             f"| v{r['version']} | `{r['input']}` {tuple(r['input_shape'])} | **{r['request_ms']['p50']:g}** / "
             f"{r['request_ms']['p95']:g} | {r['end_to_end_ms']['p50']:g} | {r['client_encode_ms']['p50']:g} / "
-            f"{r['client_decode_ms']['p50']:g} | {r['server_ms']['p50']:g} | {r['transport_ms']:g} | "
+            f"{r['client_decode_ms']['p50']:g} | {r['model_ms']['p50']:g} | {r['round_trip_ms']['p50']:g} | "
+            f"{r['payload_ms']:g} | "
             f"{r['request_mb']:g} / {r['response_mb']:g} |"
         )
     lines += [

@@ -12,7 +12,20 @@ from ..metadata import OUTPUT_NAMES, REQUIRED_OUTPUT_NAMES, ModelMetadata
 
 
 class ServingError(RuntimeError):
-    """The model server cannot be reached, or refused or garbled a request."""
+    """The model server cannot be reached, or refused or garbled a request.
+
+    Attributes
+    ----------
+    retryable : bool
+        True where the same request may succeed later: the server unreachable or
+        overloaded (gRPC UNAVAILABLE, REST connection refused or 503), or too slow
+        (DEADLINE_EXCEEDED, a timeout, REST 504). False for answers a retry would repeat
+        (an unknown model, a refused input).
+    """
+
+    def __init__(self, message: str, retryable: bool = False):
+        super().__init__(message)
+        self.retryable = retryable
 
 
 @dataclass

@@ -234,8 +234,8 @@ class Deployment:
                 backend.close()
 
 
-def configured_model_names(config_path: str | Path) -> list[str]:
-    """Model names in a TF Serving model config file (text ``ModelServerConfig``).
+def read_model_config(config_path: str | Path):
+    """A TF Serving model config file (text ``ModelServerConfig``) as its proto.
 
     Raises
     ------
@@ -255,10 +255,34 @@ def configured_model_names(config_path: str | Path) -> list[str]:
         text_format.Parse(text, config)
     except text_format.ParseError as exc:
         raise ValueError(f"{path} is not a valid TF Serving model config: {exc}") from None
-    names = [entry.name for entry in config.model_config_list.config]
-    if not names:
+    if not config.model_config_list.config:
         raise ValueError(f"{path} lists no models (model_config_list is empty)")
-    return names
+    return config
+
+
+def configured_model_names(config_path: str | Path) -> list[str]:
+    """Model names in a TF Serving model config file (text ``ModelServerConfig``).
+
+    Raises
+    ------
+    ValueError
+        The file is missing, is not a valid ``ModelServerConfig``, or lists no models.
+    """
+    return [entry.name for entry in read_model_config(config_path).model_config_list.config]
+
+
+def configured_version_labels(config_path: str | Path) -> dict[str, dict[str, int]]:
+    """Each model's ``version_labels`` in a TF Serving model config file: name -> label
+    -> version (models without labels left out), e.g. ``{"toycar": {"stable": 1}}``
+    for ``version_labels { key: "stable" value: 1 }``.
+
+    Raises
+    ------
+    ValueError
+        As :func:`read_model_config`.
+    """
+    return {entry.name: dict(entry.version_labels)
+            for entry in read_model_config(config_path).model_config_list.config if entry.version_labels}
 
 
 def backend_from_env(environ: dict | None = None) -> Backend:

@@ -22,6 +22,7 @@ not when this module is: the app's REST path stays free of TensorFlow.
 from __future__ import annotations
 
 import functools
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -39,9 +40,17 @@ SCHEME = "grpc://"
 # gRPC refuses messages over 4 MiB by default; a 60 s clip is ~230 log-mel patches of
 # 128 x 32 float32 = 3.8 MB, and an autoencoder sends as much back as its reconstruction.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Client-side load balancing (grpc.io, "Load balancing"; gRPC's service config): the
+# channel connects to every address its target resolves to and sends calls to them in
+# turn. With one address (a ClusterIP Service, a host) nothing changes; with a headless
+# Kubernetes Service (``dns:///asd-serving-headless:8500``), whose DNS name resolves to
+# every ready TF Serving pod, calls spread over the replicas instead of sticking to the
+# one pod a single connection reaches.
+SERVICE_CONFIG = {"loadBalancingConfig": [{"round_robin": {}}]}
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
 ]
 
 
@@ -92,8 +101,10 @@ class GrpcBackend:
     Parameters
     ----------
     target : str
-        Server address ``host:port``, e.g. ``"localhost:8500"`` (TF Serving's ``--port``);
-        a ``grpc://`` prefix is accepted and dropped.
+        Server address ``host:port``, e.g. ``"localhost:8500"`` (TF Serving's ``--port``),
+        or any gRPC target naming several servers, e.g. ``"dns:///asd-serving-headless:8500"``
+        (every address the name resolves to) or ``"ipv4:10.0.0.5:8500,10.0.0.6:8500"``;
+        calls go to them in turn (round_robin). A ``grpc://`` prefix is accepted and dropped.
     name : str
         Model name (``ModelSpec.name``).
     version : int, optional
@@ -166,10 +177,10 @@ class GrpcBackend:
         if code == codes.UNAVAILABLE:
             return ServingError(
                 f"TF Serving at {self.target} is not reachable over gRPC ({details}): is the server running "
-                "and the address right?"
+                "and the address right?", retryable=True
             )
         if code == codes.DEADLINE_EXCEEDED:
-            return ServingError(f"TF Serving at {self.target} did not answer within {self.timeout_s:g} s")
+            return ServingError(f"TF Serving at {self.target} did not answer within {self.timeout_s:g} s", retryable=True)
         status = code.name if code is not None else "an error"
         return ServingError(f"TF Serving answered {status} for model '{self.name}': {details}")
 

@@ -156,18 +156,21 @@ class RestBackend:
         try:
             response = self._session.request(method, url, timeout=self.timeout_s, **kwargs)
         except requests.Timeout:
-            raise ServingError(f"TF Serving at {self.base_url} did not answer within {self.timeout_s:g} s") from None
+            raise ServingError(f"TF Serving at {self.base_url} did not answer within {self.timeout_s:g} s",
+                               retryable=True) from None
         except requests.ConnectionError:
             raise ServingError(
                 f"TF Serving at {self.base_url} is not reachable (connection failed): is the server running "
-                "and the URL right?"
+                "and the URL right?", retryable=True
             ) from None
         body = parse_json(response.content)
         if body is None:
             body = {"error": response.text[:200]}
         if not response.ok:
             message = body.get("error", response.reason) if isinstance(body, dict) else response.reason
-            raise ServingError(f"TF Serving answered HTTP {response.status_code} for model '{self.name}': {message}")
+            # 503: TF Serving's UNAVAILABLE (e.g. a full batching queue); 504: DEADLINE_EXCEEDED
+            raise ServingError(f"TF Serving answered HTTP {response.status_code} for model '{self.name}': {message}",
+                               retryable=response.status_code in (503, 504))
         return body
 
     def model_status(self) -> list[dict]:

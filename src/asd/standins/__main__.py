@@ -1,4 +1,5 @@
-"""``python -m asd.standins --models DIR [--port 8501] [--grpc-port 8500]``: the stand-ins
+"""``python -m asd.standins --models DIR [--port 8501] [--grpc-port 8500]
+[--model_config_file FILE [--allow_version_labels_for_unavailable_models]]``: the stand-ins
 for TF Serving's REST API (and, with ``--grpc-port``, its gRPC API) over a models
 directory, in one process sharing one :class:`~asd.standins.repository.ModelRepository`.
 """
@@ -6,8 +7,9 @@ directory, in one process sharing one :class:`~asd.standins.repository.ModelRepo
 from __future__ import annotations
 
 import argparse
+import sys
 
-from .repository import ModelRepository
+from .repository import ModelRepository, RequestError
 from .rest import StandInServer
 
 
@@ -25,13 +27,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batching_parameters_file", metavar="FILE",
                         help="refuse requests above its max_batch_size, as TF Serving with --enable_batching does "
                              "(e.g. production/serving/batching.config); default: no limit")
+    parser.add_argument("--model_config_file", metavar="FILE",
+                        help="TF Serving's models.config (text ModelServerConfig): its version_labels name versions "
+                             "for /v1/models/<name>/labels/<label> (the models still come from --models)")
+    parser.add_argument("--allow_version_labels_for_unavailable_models", action="store_true",
+                        help="as TF Serving's flag: without it, a config with version_labels refuses to start, since "
+                             "labels are checked before any version has loaded")
     args = parser.parse_args(argv)
-    limit = None
-    if args.batching_parameters_file:
-        from ..serving.batching import max_batch_size
+    limit, labels = None, None
+    try:
+        if args.batching_parameters_file:
+            from ..serving.batching import max_batch_size
 
-        limit = max_batch_size(args.batching_parameters_file)
-    repository = ModelRepository(args.models, max_batch_size=limit)
+            limit = max_batch_size(args.batching_parameters_file)
+        if args.model_config_file:
+            from ..serving.catalog import configured_version_labels
+
+            labels = configured_version_labels(args.model_config_file)
+        repository = ModelRepository(args.models, max_batch_size=limit, version_labels=labels,
+                                     allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models)
+    except RequestError as exc:  # TF Serving's own words when it will not start (main.cc)
+        sys.exit(f"Failed to start server. Error: {exc.code}: {exc.message}")
+    except ValueError as exc:
+        sys.exit(f"python -m asd.standins: {exc}")
     server = StandInServer(repository, args.host, args.port)
     grpc_server = None
     if args.grpc_port:

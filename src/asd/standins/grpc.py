@@ -50,20 +50,15 @@ SERVER_OPTIONS = [
 DEFAULT_SIGNATURE = "serving_default"
 
 
-def _requested_version(model_spec) -> int | None:
-    """The version a ModelSpec pins, or None for the latest.
-
-    Raises
-    ------
-    RequestError
-        INVALID_ARGUMENT for a version label (this stand-in has no label config).
-    """
+def _requested(model_spec) -> tuple[int | None, str | None]:
+    """``(version, label)`` a ModelSpec asks for (both None: the latest); the label is
+    resolved by :meth:`ModelRepository.find` from the model config's ``version_labels``."""
     choice = model_spec.WhichOneof("version_choice")
     if choice == "version":
-        return int(model_spec.version.value)
+        return int(model_spec.version.value), None
     if choice == "version_label":
-        raise RequestError("INVALID_ARGUMENT", f"Unrecognized servable version label: {model_spec.version_label}")
-    return None
+        return None, model_spec.version_label
+    return None, None
 
 
 def _abort_on_error(method):
@@ -95,7 +90,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         if not request.HasField("model_spec"):
             raise RequestError("INVALID_ARGUMENT", "Missing ModelSpec")
         spec = request.model_spec
-        chosen, servable = self.repository.find(spec.name, _requested_version(spec))
+        chosen, servable = self.repository.find(spec.name, *_requested(spec))
         signature_name = spec.signature_name or DEFAULT_SIGNATURE
         input_specs = servable.input_specs(signature_name)
         inputs = {}
@@ -142,7 +137,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         for field in request.metadata_field:
             if field != "signature_def":
                 raise RequestError("INVALID_ARGUMENT", f"Metadata field {field} is not supported")
-        chosen, servable = self.repository.find(request.model_spec.name, _requested_version(request.model_spec))
+        chosen, servable = self.repository.find(request.model_spec.name, *_requested(request.model_spec))
         signature_map = get_model_metadata_pb2.SignatureDefMap()
         for key, value in servable.signature_def_protos.items():
             signature_map.signature_def[key].CopyFrom(value)
@@ -166,7 +161,8 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         """Every version of the model (or the one pinned), each AVAILABLE with status OK."""
         if not request.HasField("model_spec"):
             raise RequestError("INVALID_ARGUMENT", "Missing ModelSpec")
-        found = self.repository.status(request.model_spec.name, _requested_version(request.model_spec))
+        # a label is not looked at: every version (get_model_status_impl.cc checks has_version() only)
+        found = self.repository.status(request.model_spec.name, _requested(request.model_spec)[0])
         response = get_model_status_pb2.GetModelStatusResponse()
         for version in found:
             entry = response.model_version_status.add()

@@ -18,8 +18,10 @@ from tensorflow.core.protobuf import saved_model_pb2
 from ..layout import model_names, versions
 
 # TF Serving's REST front-end turns its canonical error codes into these HTTP statuses
-# (tensorflow_serving/model_servers/http_rest_api_util ToHTTPStatusCode).
+# (tensorflow_serving/model_servers/http_server.cc ToHTTPStatusCode; UNKNOWN, INTERNAL
+# and DATA_LOSS are 500, the default below).
 _HTTP_STATUS = {
+    "CANCELLED": 499,
     "INVALID_ARGUMENT": 400,
     "FAILED_PRECONDITION": 400,
     "OUT_OF_RANGE": 400,
@@ -86,6 +88,18 @@ class Servable:
             )
             for key, value in self.signature_def_protos.items()
         }
+
+    def input_dtypes(self, signature_name: str) -> dict[str, np.dtype | None]:
+        """Input name -> numpy dtype of a signature (None for a string input): what a
+        REST request's JSON is read as (:mod:`asd.standins.json_tensor`).
+
+        Raises
+        ------
+        RequestError
+            FAILED_PRECONDITION if the model has no such signature.
+        """
+        return {name: None if spec.dtype == tf.string else np.dtype(spec.dtype.as_numpy_dtype)
+                for name, spec in self.input_specs(signature_name).items()}
 
     def input_specs(self, signature_name: str) -> dict:
         """Input name -> ``tf.TensorSpec`` of a signature.
@@ -166,14 +180,37 @@ class ModelRepository:
     max_batch_size : int, optional
         Requests with more rows are refused as TF Serving's batching refuses them (its
         ``--batching_parameters_file``); None: no limit.
+    version_labels : dict of str -> dict of str -> int, optional
+        Model name -> label -> version, a model config's ``version_labels``
+        (:func:`asd.serving.catalog.configured_version_labels`).
+    allow_version_labels_for_unavailable_models : bool
+        TF Serving's flag of that name. TF Serving checks a config's labels before it
+        loads any version, so without the flag every label refuses to start the server
+        (server_core.cc ``UpdateModelVersionLabelMap``); with it, a label may name any
+        version, and a request by a label whose version is not loaded finds no servable.
 
     Attributes
     ----------
     servables : dict of (str, int) -> Servable
         By model name and version.
+
+    Raises
+    ------
+    RequestError
+        FAILED_PRECONDITION on construction, with labels and without
+        ``allow_version_labels_for_unavailable_models`` (``Request to assign label to
+        version <v> of model <name>, which is not currently available for inference``).
     """
 
-    def __init__(self, models_dir: str | Path, max_batch_size: int | None = None):
+    def __init__(self, models_dir: str | Path, max_batch_size: int | None = None,
+                 version_labels: dict[str, dict[str, int]] | None = None,
+                 allow_version_labels_for_unavailable_models: bool = False):
+        self.version_labels = {name: dict(labels) for name, labels in (version_labels or {}).items() if labels}
+        if self.version_labels and not allow_version_labels_for_unavailable_models:
+            name, labels = min(self.version_labels.items())
+            version = labels[min(labels)]
+            raise RequestError("FAILED_PRECONDITION", f"Request to assign label to version {version} of model {name}, "
+                                                      "which is not currently available for inference")
         self.models_dir = Path(models_dir)
         self.max_batch_size = max_batch_size
         self.servables = {
@@ -182,20 +219,38 @@ class ModelRepository:
             for version in versions(self.models_dir / name)
         }
 
+    def labelled_version(self, name: str, label: str) -> int:
+        """The version a label names (server_core.cc ``GetModelVersionForLabel``).
+
+        Raises
+        ------
+        RequestError
+            INVALID_ARGUMENT ``Unrecognized servable version label: <label>`` (HTTP 400)
+            for a label the config does not give this model.
+        """
+        version = self.version_labels.get(name, {}).get(label)
+        if version is None:
+            raise RequestError("INVALID_ARGUMENT", f"Unrecognized servable version label: {label}")
+        return int(version)
+
     def versions(self, name: str) -> list[int]:
         """The versions of a model, ascending (empty for an unknown model)."""
         return sorted(v for n, v in self.servables if n == name)
 
-    def find(self, name: str, version: int | None = None) -> tuple[int, Servable]:
-        """The servable a request names: the latest version, or the given one.
+    def find(self, name: str, version: int | None = None, label: str | None = None) -> tuple[int, Servable]:
+        """The servable a request names: the latest version, the given one, or the one
+        a version label names (at most one of ``version`` and ``label``).
 
         Raises
         ------
         RequestError
             NOT_FOUND: ``Servable not found for request: Latest(<name>)`` or
-            ``... Specific(<name>, <version>)``, as TF Serving's ServerCore says.
+            ``... Specific(<name>, <version>)``, as TF Serving's ServerCore says;
+            INVALID_ARGUMENT for an unknown label (:meth:`labelled_version`).
         """
         available = self.versions(name)
+        if label is not None:
+            version = self.labelled_version(name, label)
         if version is None:
             if not available:
                 raise RequestError("NOT_FOUND", f"Servable not found for request: Latest({name})")
@@ -208,6 +263,10 @@ class ModelRepository:
 
     def status(self, name: str, version: int | None = None) -> list[int]:
         """The versions GetModelStatus reports (all AVAILABLE here).
+
+        A request by version label comes here without a version: TF Serving's
+        get_model_status_impl.cc looks at ``model_spec.version`` only, so it reports
+        every version and does not check the label.
 
         Raises
         ------

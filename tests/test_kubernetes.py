@@ -1,0 +1,223 @@
+"""deploy/kubernetes: each overlay renders with `kubectl kustomize`, every object is valid
+for a named Kubernetes version (kubernetes-validate, offline schemas), and what the
+manifests name (probe paths and ports, environment variables, config file names, images,
+upload limit) matches what the app, the image and TF Serving's configs use.
+
+No cluster runs here: this is what can be checked without one (README, "Kubernetes").
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from asd.serving.catalog import configured_model_names
+
+REPO = Path(__file__).resolve().parents[1]
+KUBERNETES = REPO / "deploy" / "kubernetes"
+OVERLAYS = ["cpu", "gpu"]
+KUBERNETES_VERSION = "1.32.0"  # the kubectl client on these machines; a current cluster version
+
+
+def _kubectl() -> str:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        if os.environ.get("CI"):
+            pytest.fail("kubectl is needed to render deploy/kubernetes (CI machines have it)")
+        pytest.skip("kubectl is not installed")
+    return kubectl
+
+
+def render(overlay: str) -> list[dict]:
+    """The objects `kubectl kustomize deploy/kubernetes/overlays/<overlay>` renders."""
+    result = subprocess.run([_kubectl(), "kustomize", str(KUBERNETES / "overlays" / overlay)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def find(objects: list[dict], kind: str, name: str) -> dict:
+    matches = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(matches) == 1, f"{kind}/{name}: {len(matches)} objects"
+    return matches[0]
+
+
+def container(deployment: dict, name: str) -> dict:
+    return next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == name)
+
+
+def env(c: dict) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in c.get("env", [])}
+
+
+def port(c: dict, name: str) -> int:
+    return next(p["containerPort"] for p in c["ports"] if p["name"] == name)
+
+
+def compose(name: str) -> dict:
+    return yaml.safe_load((REPO / name).read_text())
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def rendered(request) -> tuple[str, list[dict]]:
+    return request.param, render(request.param)
+
+
+def test_every_object_is_valid_for_the_named_kubernetes_version(rendered):
+    import kubernetes_validate
+
+    overlay, objects = rendered
+    kinds = {o["kind"] for o in objects}
+    assert {"Deployment", "Service", "ConfigMap", "HorizontalPodAutoscaler", "PodDisruptionBudget",
+            "NetworkPolicy", "Ingress", "PersistentVolumeClaim"} <= kinds
+    for obj in objects:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)  # raises on any error
+
+
+def test_the_validator_rejects_a_misspelt_field():
+    import kubernetes_validate
+
+    deployment = find(render("cpu"), "Deployment", "asd-serving")
+    container(deployment, "serving")["readinessProbe"]["periodSecond"] = 10
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+
+
+def test_config_map_holds_the_serving_configs_of_docker_compose():
+    # kustomize reads files only below its folder: the copies must equal production/serving's
+    for name in ("models.config", "batching.config", "monitoring.config"):
+        assert (KUBERNETES / "base" / name).read_text() == (REPO / "production" / "serving" / name).read_text(), name
+
+
+def test_serving_runs_as_in_compose_with_probes_on_the_model_status_endpoint(rendered):
+    overlay, objects = rendered
+    deployment = find(objects, "Deployment", "asd-serving")
+    serving = container(deployment, "serving")
+    prod = compose("docker-compose.prod.yaml")["services"]["serving"]
+
+    # the same server flags, and the image of the same TF Serving version
+    assert serving["args"] == prod["command"]
+    image = compose("docker-compose.gpu.yaml")["services"]["serving"]["image"] if overlay == "gpu" else prod["image"]
+    assert serving["image"] == image
+    if overlay == "gpu":
+        assert serving["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+    # ports: TF Serving's --port (gRPC) and --rest_api_port, as the image sets them
+    assert port(serving, "grpc") == 8500 and port(serving, "http") == 8501
+
+    # config files: the flags name files of the ConfigMap mounted at /config
+    config_map = next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("serving-config"))
+    mount = next(m for m in serving["volumeMounts"] if m["name"] == "config")["mountPath"]
+    volume = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "config")
+    assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+    for flag in ("--model_config_file", "--monitoring_config_file", "--batching_parameters_file"):
+        path = next(a.split("=", 1)[1] for a in serving["args"] if a.startswith(flag + "="))
+        assert Path(path).parent.as_posix() == mount and Path(path).name in config_map["data"], flag
+
+    # models: the volume holds the base_paths models.config names
+    models_mount = next(m for m in serving["volumeMounts"] if m["name"] == "models")
+    assert models_mount["readOnly"] is True
+    base_paths = re.findall(r'base_path:\s*"([^"]+)"', config_map["data"]["models.config"])
+    assert base_paths and all(p.startswith(models_mount["mountPath"] + "/") for p in base_paths)
+
+    # probes: the REST model-status endpoint of a model models.config serves
+    assert config_map["data"]["models.config"] == (KUBERNETES / "base" / "models.config").read_text()
+    names = configured_model_names(KUBERNETES / "base" / "models.config")
+    model = env(serving)["MODEL_NAME"]
+    assert model in names
+    for probe in ("startupProbe", "livenessProbe"):
+        assert serving[probe]["httpGet"] == {"path": f"/v1/models/{model}", "port": "http"}, probe
+    readiness = serving["readinessProbe"]["exec"]["command"]
+    compose_check = prod["healthcheck"]["test"]  # ["CMD", "bash", "-c", script]; $$ is compose's literal $
+    assert readiness == [compose_check[1], compose_check[2], compose_check[3].replace("$$", "$")]
+    assert "/dev/tcp/127.0.0.1/8501" in readiness[2] and '"AVAILABLE"' in readiness[2]
+
+    # Prometheus: the path monitoring.config exposes, on the REST port
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    monitoring_path = re.search(r'path:\s*"([^"]+)"', config_map["data"]["monitoring.config"]).group(1)
+    assert annotations["prometheus.io/path"] == monitoring_path
+    assert int(annotations["prometheus.io/port"]) == port(serving, "http")
+
+    # non-root, nothing to escalate
+    pod_security = deployment["spec"]["template"]["spec"]["securityContext"]
+    assert pod_security["runAsNonRoot"] is True and pod_security["runAsUser"] != 0
+    assert serving["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_services_autoscaler_and_budget_select_the_serving_pods(rendered):
+    _, objects = rendered
+    deployment = find(objects, "Deployment", "asd-serving")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    serving = container(deployment, "serving")
+    for name in ("asd-serving", "asd-serving-headless"):
+        service = find(objects, "Service", name)
+        assert service["spec"]["selector"].items() <= labels.items()
+        for p in service["spec"]["ports"]:
+            assert p["targetPort"] in {q["name"] for q in serving["ports"]}
+    assert find(objects, "Service", "asd-serving-headless")["spec"]["clusterIP"] == "None"
+    hpa = find(objects, "HorizontalPodAutoscaler", "asd-serving")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "asd-serving"
+    assert hpa["spec"]["minReplicas"] >= 2 and hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+    assert serving["resources"]["requests"]["cpu"]  # utilisation is a share of the request
+    pdb = find(objects, "PodDisruptionBudget", "asd-serving")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"]  # a drain can proceed
+
+
+def test_only_the_app_reaches_serving(rendered):
+    _, objects = rendered
+    policy = find(objects, "NetworkPolicy", "asd-serving")
+    serving_labels = find(objects, "Deployment", "asd-serving")["spec"]["template"]["metadata"]["labels"]
+    app_labels = find(objects, "Deployment", "asd-app")["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= serving_labels.items()
+    app_rule = policy["spec"]["ingress"][0]
+    assert app_rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": app_labels["app.kubernetes.io/name"]}}}]
+    assert {p["port"] for p in app_rule["ports"]} == {8500, 8501}
+    for rule in policy["spec"]["ingress"][1:]:  # the others: the metrics port only
+        assert {p["port"] for p in rule["ports"]} == {8501}
+
+
+def test_app_finds_serving_and_its_config_and_is_probed_where_its_image_says(rendered):
+    _, objects = rendered
+    app = find(objects, "Deployment", "asd-app")
+    c = container(app, "app")
+    variables = env(c)
+    serving_service = find(objects, "Service", "asd-serving")
+    http_port = next(p["port"] for p in serving_service["spec"]["ports"] if p["name"] == "http")
+    assert variables["ASD_SERVING_URL"] == f"http://asd-serving:{http_port}"
+    # the variables the app reads (asd.serving.catalog.Deployment.from_env)
+    catalog_source = (REPO / "src" / "asd" / "serving" / "catalog.py").read_text()
+    for name in variables:
+        assert name in catalog_source, name
+    config_mount = next(m for m in c["volumeMounts"] if m["name"] == "config")["mountPath"]
+    models_config = Path(variables["ASD_MODELS_CONFIG"])
+    assert models_config.parent.as_posix() == config_mount
+    config_map = next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("serving-config"))
+    assert models_config.name in config_map["data"]
+    assert variables["ASD_MODEL_NAME"] in configured_model_names(KUBERNETES / "base" / "models.config")
+
+    dockerfile = (REPO / "production" / "Dockerfile").read_text()
+    health_path = re.search(r"127\.0\.0\.1:(\d+)(/_stcore/health)", dockerfile)
+    assert port(c, "http") == int(health_path.group(1)) == int(re.search(r"^EXPOSE (\d+)", dockerfile, re.M).group(1))
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"] == {"path": health_path.group(2), "port": "http"}
+    uid = re.search(r"useradd --uid (\d+)", dockerfile).group(1)
+    assert str(app["spec"]["template"]["spec"]["securityContext"]["runAsUser"]) == uid
+
+
+def test_ingress_lets_the_apps_largest_upload_through(rendered):
+    _, objects = rendered
+    ingress = find(objects, "Ingress", "asd-app")
+    body = ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]
+    limit_mb = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())["server"]["maxUploadSize"]
+    assert body.endswith("m") and int(body[:-1]) > limit_mb  # the app, not the proxy, says "too large"
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    app_service = find(objects, "Service", backend["name"])
+    assert backend["port"]["name"] in {p["name"] for p in app_service["spec"]["ports"]}
