@@ -148,7 +148,9 @@ def _expect_plots(page, n: int) -> None:
 def test_normal_and_anomalous_clips_get_their_verdicts_and_plots(page):
     _upload(page, SAMPLE_NORMAL)
     page.get_by_text("sounds normal").wait_for()
-    _expect_plots(page, 3)  # gauge, score over time, log-mel
+    # gauge and log-mel: the waveform model's band-profile plot needs the model's files,
+    # which the app has in-process only (show_clip says so in a caption over a server)
+    _expect_plots(page, 2)
     _expect_verdict(page, "NORMAL")
     expect(page.get_by_text("last request:")).to_have_count(1)
     _shot(page, "1_normal_clip")
@@ -157,7 +159,7 @@ def test_normal_and_anomalous_clips_get_their_verdicts_and_plots(page):
     _wait_ready(page)
     _upload(page, SAMPLE_FLAGGED)
     page.get_by_text("sounds anomalous").wait_for()
-    _expect_plots(page, 3)
+    _expect_plots(page, 2)
     relative_v4 = _expect_verdict(page, "ANOMALOUS")
     # the picker marks the recommended version and names each version's detector
     expect(page.get_by_role("combobox", name="Model served")).to_have_value(re.compile(r"\(latest, recommended\)"))
