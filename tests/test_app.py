@@ -1,7 +1,10 @@
 """The Streamlit app driven with Streamlit's AppTest: real uploads, real models."""
 
 import io
+import json
 import shutil
+import socket
+import threading
 import subprocess
 import sys
 
@@ -73,6 +76,7 @@ def test_uploading_one_clip_shows_verdict_gauge_plots_and_status(app):
     verdicts = _verdicts(at)
     assert len(verdicts) == 1 and SAMPLE_ANOMALY.name in verdicts[0]
     assert "above the decision threshold" in verdicts[0] or "below the decision threshold" in verdicts[0]
+    assert " x threshold**" in verdicts[0]  # the score as a multiple of the threshold, its unit in words
     # the verdict at a glance: one word in large type and its colour, the sentence's verdict
     word = "anomalous" if "sounds **anomalous**" in verdicts[0] else "normal"
     assert f"## :{'red' if word == 'anomalous' else 'green'}[{word.upper()}]" in [m.value for m in at.markdown]
@@ -81,8 +85,12 @@ def test_uploading_one_clip_shows_verdict_gauge_plots_and_status(app):
     assert ("On its 200 test recordings it caught **22 of 100** faulty machines and raised **10 false alarms per "
             "100** healthy ones.") in _texts(at.sidebar.markdown)
     labels = {m.label: m.value for m in at.metric}
-    assert set(labels) == {"Anomaly score", "Decision threshold", "Margin"}
-    assert float(labels["Anomaly score"]) > 0
+    assert set(labels) == {"Anomaly score", "Raw anomaly score", "Decision threshold (raw)"}
+    relative, unit = labels["Anomaly score"].split(" ", 1)
+    assert unit == "x threshold"
+    raw, threshold = float(labels["Raw anomaly score"]), float(labels["Decision threshold (raw)"])
+    assert float(relative) == pytest.approx(raw / threshold, abs=0.006)  # shown with 2 decimals
+    assert (float(relative) > 1) == (word == "anomalous")
     # gauge, error over time, log-mel heatmap (the shipped whole-clip model reconstructs nothing)
     assert len(at.get("plotly_chart")) == 3
     assert len(at.get("audio")) == 1
@@ -95,24 +103,39 @@ def test_many_clips_give_a_table_with_csv_and_details_for_the_chosen_clip(app):
     _upload(at, SAMPLE_NORMAL, SAMPLE_ANOMALY)
     assert not at.exception
     table = at.dataframe[0].value
-    assert list(table.columns) == ["file", "anomaly score", "threshold", "margin", "verdict"]
+    assert list(table.columns) == ["file", "anomaly score (x threshold)", "verdict"]
     assert set(table["file"]) == {SAMPLE_NORMAL.name, SAMPLE_ANOMALY.name}
     assert set(table["verdict"]) <= {"normal", "anomalous"}
-    # each row's verdict is its score against the threshold
-    assert all((row["anomaly score"] > row["threshold"]) == (row["verdict"] == "anomalous") for _, row in table.iterrows())
-    assert len(at.get("download_button")) == 1
+    # each row's verdict is its score against the threshold, 1.0
+    assert all((row["anomaly score (x threshold)"] > 1) == (row["verdict"] == "anomalous") for _, row in table.iterrows())
+    assert len(at.get("download_button")) == 1  # its raw columns: tests/test_browser.py downloads it
     # the details selector lists the clips most anomalous first and shows the chosen one
     details = at.selectbox(key="details")
-    ranked = table.sort_values("margin", ascending=False)["file"].tolist()
+    ranked = table.sort_values("anomaly score (x threshold)", ascending=False)["file"].tolist()
     assert details.options == ranked
     details.select(ranked[-1]).run()
     assert ranked[-1] in _verdicts(at)[0]
 
 
+def _best_evaluated(models_dir, name="toycar"):
+    """The version a user should be offered: the best stored official score, latest on ties."""
+    scored = [(json.loads((v / "assets.extra" / "asd_metadata.json").read_text()).get("evaluation") or {}, int(v.name))
+              for v in (models_dir / name).iterdir()]
+    return max((e["official_score"], v) for e, v in scored if "official_score" in e)[1]
+
+
 def test_model_picker_lists_every_served_version_and_v1_explains_with_heatmaps(app, two_versions):
     at = app(ASD_MODEL_DIR=two_versions)
     picker = at.selectbox(key="model_choice")
-    assert picker.options == ["toycar v2 (latest)", "toycar v1"]
+    best = _best_evaluated(two_versions)
+    assert [o.split(":")[0] for o in picker.options] == [
+        "toycar v2 (latest" + (", recommended)" if best == 2 else ")"), "toycar v1" + (" (recommended)" if best == 1 else "")]
+    # each version with its detector kind in words
+    assert picker.options[0].endswith(": whole-clip spectrum embeddings + nearest neighbours")
+    assert picker.options[1].endswith(": convolutional autoencoder, scores frame by frame")
+    assert picker.value.version == best  # the picker starts on the recommended version
+    assert f"toycar v{best} is recommended: the best official DCASE score" in _texts(at.sidebar.caption)
+    picker.select_index(0).run()
     assert "multispec_scac" in _texts(at.sidebar.markdown)  # the shipped default's detector
     picker.select_index(1).run()
     assert "conv_ae" in _texts(at.sidebar.markdown) and "version 1" in _texts(at.sidebar.markdown)
@@ -173,13 +196,16 @@ def test_app_through_rest_against_the_stand_in_server(app, two_versions):
         env = {"ASD_SERVING_URL": server.url}
         env.update({"ASD_MODELS_CONFIG": config} if config.is_file() else {"ASD_MODEL_NAME": "toycar"})
         at = app(**env)
-        assert at.selectbox(key="model_choice").options == ["toycar v2 (latest)", "toycar v1"]
+        assert [o.split(" (")[0].split(":")[0] for o in at.selectbox(key="model_choice").options] == [
+            "toycar v2", "toycar v1"]
         assert "TF Serving (REST)" in _texts(at.sidebar.markdown) and "reachable" in _texts(at.sidebar.markdown)
         _upload(at, SAMPLE_ANOMALY)
         assert len(_verdicts(at)) == 1
     # the server is gone: the next clip gets a message, not a crash, and the status says so
+    # (the request fails, or, when the last status answer is over STATUS_TTL_S old, the probe)
     _upload(at, SAMPLE_NORMAL)
-    assert not at.exception and "model server failed" in _texts(at.error)
+    assert not at.exception
+    assert "model server failed" in _texts(at.error) or "The models are not available" in _texts(at.error)
     assert "not reachable" in _texts(at.sidebar.markdown)
 
 
@@ -211,9 +237,10 @@ def test_app_through_grpc_against_the_grpc_stand_in(app, two_versions):
 
     with GrpcStandInServer(two_versions) as server:
         at = app(ASD_SERVING_URL=f"grpc://{server.target}", ASD_MODEL_NAME="toycar")
-        assert at.selectbox(key="model_choice").options == ["toycar v2 (latest)", "toycar v1"]
+        picker = at.selectbox(key="model_choice")
+        assert [o.split(" (")[0].split(":")[0] for o in picker.options] == ["toycar v2", "toycar v1"]
         assert "TF Serving (gRPC)" in _texts(at.sidebar.markdown) and "reachable" in _texts(at.sidebar.markdown)
-        at.selectbox(key="model_choice").select_index(1).run()
+        picker.select_index(1).run()
         _upload(at, SAMPLE_ANOMALY)
         assert not at.exception and len(_verdicts(at)) == 1
         assert len(at.get("plotly_chart")) == 5
@@ -227,4 +254,62 @@ def test_two_uploads_with_the_same_name_are_both_checked_and_told_apart(app):
     assert not at.exception
     table = at.dataframe[0].value
     assert table["file"].tolist() == ["pump.wav", "pump.wav (2)"]
-    assert table["anomaly score"].nunique() == 2  # each file its own score
+    assert table["anomaly score (x threshold)"].nunique() == 2  # each file its own score
+
+
+@pytest.fixture
+def hung_server():
+    """A TCP server that accepts connections and never answers (a hung TF Serving);
+    yields its URL and the list of connections it accepted."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+
+    def accept():
+        while True:
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:  # closed at the end of the test
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}", accepted
+    listener.close()
+    for connection in accepted:
+        connection.close()
+
+
+def test_a_hung_server_costs_one_short_status_probe_not_a_timeout_per_update(app, hung_server):
+    from asd.serving.probe import PROBE_TIMEOUT_S
+
+    url, accepted = hung_server
+    # ten seconds per request (the default), which a page must not wait on every update
+    at = app(ASD_SERVING_URL=url, ASD_MODEL_NAME="toycar", ASD_SERVING_TIMEOUT_S=10)
+    assert not at.exception
+    assert f"did not answer within {PROBE_TIMEOUT_S:g} s" in _texts(at.error)
+    assert "not reachable" in _texts(at.sidebar.markdown)
+    assert len(accepted) == 1  # one status probe, nothing else
+    at.run()  # a page update within the status' lifetime asks nothing
+    assert len(accepted) == 1 and f"did not answer within {PROBE_TIMEOUT_S:g} s" in _texts(at.error)
+    at.button[0].click().run()  # "Try again" asks at once
+    assert at.button[0].label == "Try again" and len(accepted) == 2
+
+
+def test_the_gauge_has_one_range_for_every_clip_with_the_threshold_at_1():
+    import dataclasses
+
+    from asd.app_figures import GAUGE_TOP, score_gauge
+
+    detector = Detector(InProcessBackend(SHIPPED_MODELS, "toycar"))
+    for path in (SAMPLE_NORMAL, SAMPLE_ANOMALY):
+        result = detector.score_file(path)
+        gauge = score_gauge(result).data[0]
+        assert tuple(gauge.gauge.axis.range) == (0, GAUGE_TOP) and gauge.gauge.threshold.value == 1.0
+        assert gauge.value == pytest.approx(result.score / result.threshold)
+        assert gauge.number.suffix == " x threshold"
+    # a score beyond the range: the same range, the real value in the number, marked
+    beyond = dataclasses.replace(result, score=result.threshold * (GAUGE_TOP + 1.5))
+    gauge = score_gauge(beyond).data[0]
+    assert tuple(gauge.gauge.axis.range) == (0, GAUGE_TOP)
+    assert gauge.value == pytest.approx(GAUGE_TOP + 1.5)
+    assert [a.text for a in score_gauge(beyond).layout.annotations] == [f"off the scale: beyond {GAUGE_TOP:g} x threshold"]
+    assert not score_gauge(result).layout.annotations  # on the scale: no mark

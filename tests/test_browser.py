@@ -11,15 +11,19 @@ ASD_REQUIRE_BROWSER=1 (set by .ci/run), where it fails.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from asd.processes import STARTUP_S, start_process, stop_process
+from asd.serving.probe import PROBE_TIMEOUT_S
 
 from .conftest import REPO, SAMPLE_FLAGGED, SAMPLE_NORMAL, SHIPPED_MODELS, free_port
 
@@ -35,15 +39,31 @@ def _start(args: list[str], env: dict, log: Path, health_url: str) -> subprocess
     return start_process(args, env, log, health_url, cwd=REPO, startup_s=STARTUP_S)
 
 
+def _base_env() -> dict:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    for key in ("ASD_SERVING_URL", "ASD_MODELS_CONFIG", "ASD_MODEL_DIR", "ASD_MODEL_NAME", "ASD_MODEL_VERSION"):
+        env.pop(key, None)
+    return env
+
+
+def _start_app(env: dict, log: Path) -> tuple[subprocess.Popen, str]:
+    """The Streamlit app in its own process; its URL."""
+    port = free_port()
+    app = _start(
+        [str(Path(sys.executable).parent / "streamlit"), "run", "production/app/streamlit_app.py",
+         "--server.headless", "true", "--server.address", "127.0.0.1", "--server.port", str(port),
+         "--browser.gatherUsageStats", "false"],
+        env, log, f"http://127.0.0.1:{port}/_stcore/health",
+    )
+    return app, f"http://127.0.0.1:{port}"
+
+
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
     """TF Serving's REST API (stand-in) and the Streamlit app, as two processes."""
     logs = tmp_path_factory.mktemp("browser_logs")
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    for key in ("ASD_MODEL_DIR", "ASD_MODEL_NAME", "ASD_MODEL_VERSION"):
-        env.pop(key, None)
-    serving_port, app_port = free_port(), free_port()
-    bin_dir = Path(sys.executable).parent
+    env = _base_env()
+    serving_port = free_port()
     server = _start(
         [sys.executable, "-m", "asd.standins", "--models", str(SHIPPED_MODELS), "--port", str(serving_port)],
         env, logs / "serving.log", f"http://127.0.0.1:{serving_port}/v1/models/toycar",
@@ -51,15 +71,11 @@ def app_url(tmp_path_factory):
     app_env = {**env, "ASD_SERVING_URL": f"http://127.0.0.1:{serving_port}",
                "ASD_MODELS_CONFIG": str(REPO / "production" / "serving" / "models.config")}
     try:
-        app = _start(
-            [str(bin_dir / "streamlit"), "run", "production/app/streamlit_app.py", "--server.headless", "true",
-             "--server.address", "127.0.0.1", "--server.port", str(app_port), "--browser.gatherUsageStats", "false"],
-            app_env, logs / "app.log", f"http://127.0.0.1:{app_port}/_stcore/health",
-        )
+        app, url = _start_app(app_env, logs / "app.log")
     except Exception:
         server.kill()
         raise
-    yield f"http://127.0.0.1:{app_port}"
+    yield url
     for process in (app, server):
         stop_process(process)
 
@@ -105,6 +121,21 @@ def _shot(page, name: str) -> None:
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 
+def _expect_verdict(page, word: str) -> float:
+    """The headline verdict (``NORMAL``, ``ANOMALOUS``) in large type, and the score as a
+    multiple of the threshold in the sentence, the metric and the gauge; that multiple."""
+    expect(page.get_by_role("heading", name=word, exact=True)).to_be_visible()
+    sentence = page.locator('[data-testid="stAlert"]').filter(has_text="Verdict:")
+    expect(sentence).to_contain_text(
+        re.compile(r"anomaly score is \d+\.\d\d x threshold, \d+ % (above|below) the decision threshold"))
+    metric = page.locator('[data-testid="stMetricValue"]').first
+    expect(metric).to_have_text(re.compile(r"^\d+\.\d\d x threshold$"))
+    expect(page.locator(".js-plotly-plot").first).to_contain_text("x threshold")  # the gauge
+    relative = float(metric.inner_text().split()[0])
+    assert (relative > 1) == (word == "ANOMALOUS")
+    return relative
+
+
 def _expect_plots(page, n: int) -> None:
     """``n`` Plotly figures on the page, each drawn (its SVG layer exists)."""
     figures = page.locator(".js-plotly-plot")
@@ -117,7 +148,10 @@ def _expect_plots(page, n: int) -> None:
 def test_normal_and_anomalous_clips_get_their_verdicts_and_plots(page):
     _upload(page, SAMPLE_NORMAL)
     page.get_by_text("sounds normal").wait_for()
-    _expect_plots(page, 3)  # gauge, score over time, log-mel
+    # gauge and log-mel: the waveform model's band-profile plot needs the model's files,
+    # which the app has in-process only (show_clip says so in a caption over a server)
+    _expect_plots(page, 2)
+    _expect_verdict(page, "NORMAL")
     expect(page.get_by_text("last request:")).to_have_count(1)
     _shot(page, "1_normal_clip")
 
@@ -125,15 +159,23 @@ def test_normal_and_anomalous_clips_get_their_verdicts_and_plots(page):
     _wait_ready(page)
     _upload(page, SAMPLE_FLAGGED)
     page.get_by_text("sounds anomalous").wait_for()
-    _expect_plots(page, 3)
+    _expect_plots(page, 2)
+    relative_v4 = _expect_verdict(page, "ANOMALOUS")
+    # the picker marks the recommended version and names each version's detector
+    expect(page.get_by_role("combobox", name="Model served")).to_have_value(re.compile(r"\(latest, recommended\)"))
+    expect(page.get_by_text("is recommended: the best official DCASE score")).to_be_visible()
     _shot(page, "2_anomalous_clip")
 
     # version 1, the autoencoder, explains where: reconstruction and error map too
     picker = page.locator('[data-testid="stSelectbox"]').first
     picker.click()
+    expect(page.get_by_role("option", name="convolutional autoencoder")).to_have_count(1)
     page.get_by_role("option", name="toycar v1").click()
     page.get_by_text("Error map").first.wait_for()
     _expect_plots(page, 5)
+    # the same clip on another version, in the same unit: the two compare
+    word = "ANOMALOUS" if page.get_by_text("sounds anomalous").count() else "NORMAL"
+    assert _expect_verdict(page, word) != relative_v4
     _shot(page, "3_anomalous_clip_v1")
     page.locator(".js-plotly-plot").nth(4).scroll_into_view_if_needed()
     _shot(page, "3b_anomalous_clip_v1_reconstruction_and_error_map")
@@ -145,6 +187,16 @@ def test_many_clips_give_a_results_table(page):
     expect(page.locator('[data-testid="stDataFrame"]')).to_have_count(1)
     expect(page.get_by_text("Download as CSV")).to_have_count(1)
     _shot(page, "4_results_table")
+    # the CSV keeps the raw score and threshold beside the multiple of the threshold
+    with page.expect_download() as download:
+        page.get_by_text("Download as CSV").click()
+    table = pd.read_csv(download.value.path())
+    assert list(table.columns) == ["file", "anomaly score (x threshold)", "anomaly score (raw)",
+                                   "decision threshold (raw)", "score unit", "model", "verdict"]
+    assert set(table["file"]) == {SAMPLE_NORMAL.name, SAMPLE_FLAGGED.name}
+    ratio = table["anomaly score (raw)"] / table["decision threshold (raw)"]
+    assert (abs(ratio - table["anomaly score (x threshold)"]) < 1e-3).all()
+    assert ((table["anomaly score (x threshold)"] > 1) == (table["verdict"] == "anomalous")).all()
 
 
 def test_a_text_file_renamed_wav_gets_a_clear_message(page, tmp_path):
@@ -157,3 +209,53 @@ def test_a_text_file_renamed_wav_gets_a_clear_message(page, tmp_path):
     # and the page keeps working for the next clip
     _upload(page, SAMPLE_NORMAL)
     page.get_by_text("sounds normal").wait_for()
+
+
+@pytest.fixture(scope="module")
+def in_process_app_url(tmp_path_factory):
+    """The app with the model loaded in its own process (seconds of TensorFlow start-up)."""
+    env = {**_base_env(), "ASD_MODEL_DIR": str(SHIPPED_MODELS)}
+    app, url = _start_app(env, tmp_path_factory.mktemp("browser_logs_inprocess") / "app.log")
+    yield url
+    stop_process(app)
+
+
+def test_a_file_can_be_picked_while_the_model_loads(browser, in_process_app_url):
+    """The first page of a fresh app: the uploader is there while the model still loads,
+    and a file given then is checked once the model is ready."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(STARTUP_S * 1000)
+    page.goto(in_process_app_url)
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').wait_for(state="attached")
+    expect(page.get_by_text("Loading the model")).to_be_visible()  # still loading: nothing else hides the uploader
+    _shot(page, "0_uploader_while_the_model_loads")
+    _upload(page, SAMPLE_NORMAL)
+    page.get_by_text("sounds normal").wait_for()
+    _expect_verdict(page, "NORMAL")
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def hung_server_app_url(tmp_path_factory):
+    """The app pointed at a server that accepts connections and never answers."""
+    with socket.create_server(("127.0.0.1", 0)) as hung:  # the kernel accepts; nobody answers
+        env = {**_base_env(), "ASD_SERVING_URL": f"http://127.0.0.1:{hung.getsockname()[1]}",
+               "ASD_MODEL_NAME": "toycar"}
+        app, url = _start_app(env, tmp_path_factory.mktemp("browser_logs_hung") / "app.log")
+        yield url
+        stop_process(app)
+
+
+def test_a_hung_server_is_reported_within_seconds(browser, hung_server_app_url):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(STARTUP_S * 1000)
+    page.goto(hung_server_app_url)
+    page.get_by_text("Machine sound anomaly detector").first.wait_for()  # the script runs (its imports done)
+    # then the status probe's deadline, not the 10 s request timeout, and a few seconds for the page
+    message = page.get_by_text(f"did not answer within {PROBE_TIMEOUT_S:g} s").first
+    message.wait_for(timeout=(PROBE_TIMEOUT_S + 5) * 1000)
+    expect(page.get_by_role("button", name="Try again")).to_be_visible()
+    _shot(page, "6_hung_server")
+    context.close()

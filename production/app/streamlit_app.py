@@ -9,7 +9,14 @@ models.config) or ASD_MODEL_NAME; or ASD_MODEL_DIR (a models directory in TF Ser
 layout, served in-process).
 
 The page reads as the user's story: pick the machine's model, give one or many clips,
-get the verdicts, then see why for any clip.
+get the verdicts, then see why for any clip. Scores are shown as multiples of the model's
+decision threshold (1.0 = threshold), so clips and model versions compare; the CSV keeps
+the raw scores too.
+
+The title, model picker and clip inputs are drawn before the model is loaded (seconds
+in-process), so a user can pick a file at once. A server is asked for its models' status
+with a short deadline before anything else, at most every few seconds, so a hung server
+costs one short wait, not a request timeout on every page update.
 """
 
 from __future__ import annotations
@@ -27,30 +34,63 @@ from asd.explanations import BandProfiles
 from asd.features import ClipTooShortError
 from asd.inference import MAX_CLIP_SECONDS, ClipFeatures, ClipResult, Detector
 from asd.layout import ModelNotFoundError
-from asd.metadata import ModelMismatchError
+from asd.metadata import ModelMetadata, ModelMismatchError
 from asd.scoring import ANOMALOUS, UNFAMILIAR, UNFAMILIAR_ADVICE
 from asd.serving import ServingError
-from asd.serving.catalog import Deployment, ModelChoice
+from asd.serving.catalog import Deployment, ModelChoice, detector_in_words, recommend
+from asd.serving.probe import PROBE_TIMEOUT_S
 
 SAMPLES_DIR = Path(__file__).resolve().parents[1] / "samples"
 UPLOAD_TYPES = ("wav", "flac")
 MODEL_ERRORS = (ValueError, ServingError, ModelNotFoundError, ModelMismatchError)
 CLIP_ERRORS = (AudioError, ClipTooShortError)
+# How long a server's status answer (or its failure) is reused: page updates within it ask
+# nothing; a new model version or a server coming back shows up after at most this long.
+STATUS_TTL_S = 5
+RELATIVE_UNIT = "x threshold"
 
 
 # -- cached resources -------------------------------------------------------------------
 
 
-@st.cache_resource(ttl=30, show_spinner="Asking the server which models it serves ...")
-def served_choices() -> tuple[Deployment, list[ModelChoice]]:
-    """The deployment and every servable model version; re-asked every 30 s so new
-    versions appear. Failures are not cached: the next page load asks again."""
-    deployment = Deployment.from_env()
+@st.cache_data(ttl=STATUS_TTL_S, show_spinner=False)
+def server_status(_deployment: Deployment, deployment_key: str) -> dict:
+    """Each model name's available versions (newest last), from one short status probe
+    per name (:func:`asd.serving.probe.probe_status`; in-process: the models directory).
+
+    Returns ``{"versions": {name: [int, ...]}, "ms": float or None, "asked": float}``, or
+    ``{"problem": str, "asked": float}`` when the server fails; either is reused for
+    :data:`STATUS_TTL_S` seconds (cleared at once by "Try again" and by a failed request).
+    """
+    started = time.perf_counter()
+    try:
+        found = {name: _deployment.available_versions(name) for name in _deployment.names}
+    except MODEL_ERRORS as exc:
+        return {"problem": str(exc), "asked": time.time()}
+    ms = (time.perf_counter() - started) * 1000 if _deployment.server_url else None
+    return {"versions": found, "ms": ms, "asked": time.time()}
+
+
+@st.cache_resource(max_entries=64, show_spinner=False)
+def version_metadata(_deployment: Deployment, name: str, version: int, deployment_key: str) -> ModelMetadata:
+    """One model version's metadata, without loading the model in this process (a
+    version's files do not change once served). Errors are not cached."""
+    return _deployment.metadata(name, version)
+
+
+def served_choices(deployment: Deployment, versions: dict[str, list[int]]) -> tuple[list[ModelChoice], str | None]:
+    """Every servable version, newest first per name, described by its metadata (a
+    version whose metadata cannot be read is listed undescribed), the recommended ones
+    marked; and the reason for the marks (see :func:`asd.serving.catalog.recommend`)."""
     choices = []
-    for name in deployment.names:
-        available = deployment.available_versions(name)
-        choices += [ModelChoice(name, v, v == available[-1]) for v in reversed(available)]
-    return deployment, choices
+    for name, available in versions.items():
+        for v in reversed(available):
+            try:
+                meta = version_metadata(deployment, name, v, repr(deployment))
+            except MODEL_ERRORS:
+                meta = None
+            choices.append(ModelChoice.from_metadata(name, v, v == available[-1], meta))
+    return recommend(choices)
 
 
 @st.cache_resource(show_spinner="Loading the model ...")
@@ -71,13 +111,19 @@ def prepare_clip(data: bytes, name: str, model_key: str, channel: int | None, _d
 # -- sidebar: model picker and status ---------------------------------------------------
 
 
-def pick_model(choices: list[ModelChoice]) -> ModelChoice:
+def pick_model(choices: list[ModelChoice], reason: str | None) -> ModelChoice:
+    """The sidebar's model picker, on the recommended version at first (else the latest)."""
     with st.sidebar:
         st.header("Machine type / model")
-        return st.selectbox(
-            "Model served", choices, format_func=lambda c: c.label, key="model_choice",
-            help="Every model version the server serves now (TF Serving's models.config and status).",
+        start = next((i for i, c in enumerate(choices) if c.recommended), 0)
+        choice = st.selectbox(
+            "Model served", choices, index=start, format_func=lambda c: c.label, key="model_choice",
+            help="Every model version the server serves now (TF Serving's models.config and status), "
+                 "with its detector; the recommended one has the best stored official DCASE score.",
         )
+        if reason:
+            st.caption(reason)
+        return choice
 
 
 def show_model(detector: Detector) -> None:
@@ -86,8 +132,9 @@ def show_model(detector: Detector) -> None:
         st.markdown(
             f"**{meta.name}** version {meta.version}  \n"
             f"machine type: {meta.machine_type}  \n"
-            f"detector: {meta.detector}  \n"
-            f"decision threshold: {detector.threshold:.4f}"
+            f"detector: {meta.detector} ({detector_in_words(meta.detector)})  \n"
+            f"decision threshold: {detector.threshold:.4f} ({meta.score_unit}); scores are shown as multiples "
+            f"of it, 1.0 = threshold"
             + (f"  \nunfamiliar above: {detector.unfamiliar_threshold:.4f}" if detector.unfamiliar_threshold else "")
         )
         figures = meta.evaluation
@@ -120,20 +167,19 @@ def quality_in_words(evaluation: dict) -> str | None:
             f"machines and raised **{100 * alarms / normals:.0f} false alarms per 100** healthy ones.")
 
 
-def show_status(deployment: Deployment, detector: Detector | None, problem: str | None = None) -> None:
-    """Backend, reachability (asked now), model and the last request's latency."""
+def show_status(deployment: Deployment | None, detector: Detector | None, problem: str | None = None) -> None:
+    """Backend, reachability (the cached status probe, :func:`server_status`), model and
+    the last request's latency."""
     with st.sidebar:
         st.header("Status")
         lines = [f"backend: {deployment.describe() if deployment else 'not configured'}"]
+        status = server_status(deployment, repr(deployment)) if deployment and not problem else {}
+        problem = problem or status.get("problem")
+        asked = f", asked {time.time() - status['asked']:.0f} s ago" if "asked" in status else ""
         if problem:
             lines.append(f"server: **not reachable** ({problem})")
-        elif detector is not None and deployment.server_url:
-            started = time.perf_counter()
-            try:
-                detector.backend.model_status()
-                lines.append(f"server: reachable ({(time.perf_counter() - started) * 1000:.0f} ms to answer)")
-            except ServingError as exc:
-                lines.append(f"server: **not reachable** ({exc})")
+        elif deployment.server_url:
+            lines.append(f"server: reachable ({status['ms']:.0f} ms to answer the status probe{asked})")
         elif detector is not None:
             lines.append("server: none needed (model loaded in this process)")
         if detector is not None:
@@ -141,7 +187,8 @@ def show_status(deployment: Deployment, detector: Detector | None, problem: str 
         last = st.session_state.get("last_request")
         if last:
             lines.append(f"last request: {last['ms']:.0f} ms ({last['model']}, {last['clip']})")
-        st.markdown("  \n".join(lines), help="The server is asked on every page update.")
+        st.markdown("  \n".join(lines), help=f"The server's status is asked with a {PROBE_TIMEOUT_S:g} s deadline, "
+                                              f"at most every {STATUS_TTL_S} s.")
 
 
 # -- input --------------------------------------------------------------------------------
@@ -236,6 +283,7 @@ def score_clips(detector: Detector, model_key: str, clips: list[tuple[str, bytes
                 reason = str(exc) if str(exc).startswith(name) else f"{name}: {exc}"
                 store[key] = f"This file cannot be checked: {reason}"
             except ServingError as exc:
+                server_status.clear()  # the status panel asks again, not a cached "reachable"
                 outcomes[name] = f"The model server failed: {exc}. Try again in a moment."
                 continue  # not stored: the next try asks the server again
             done += 1
@@ -251,26 +299,39 @@ def score_clips(detector: Detector, model_key: str, clips: list[tuple[str, bytes
     return outcomes
 
 
-def results_table(outcomes: dict[str, ClipResult | str]) -> pd.DataFrame:
+RELATIVE_COLUMN = f"anomaly score ({RELATIVE_UNIT})"
+# Shown on the page; the CSV has every column of results_table.
+PAGE_COLUMNS = ["file", RELATIVE_COLUMN, "verdict"]
+
+
+def results_table(outcomes: dict[str, ClipResult | str], model_key: str, score_unit: str) -> pd.DataFrame:
+    """One row per clip: the score as a multiple of the decision threshold, the raw score
+    and threshold (in ``score_unit``), the model and the verdict."""
     rows = []
     for name, outcome in outcomes.items():
-        if isinstance(outcome, ClipResult):
-            rows.append({"file": name, "anomaly score": round(outcome.score, 4), "threshold": round(outcome.threshold, 4),
-                         "margin": round(outcome.margin, 4), "verdict": outcome.verdict})
-        else:
-            rows.append({"file": name, "anomaly score": None, "threshold": None, "margin": None,
-                         "verdict": "not checked"})
+        checked = isinstance(outcome, ClipResult)
+        relative = outcome.relative_score if checked else None
+        rows.append({
+            "file": name,
+            RELATIVE_COLUMN: round(relative, 3) if relative is not None else None,
+            "anomaly score (raw)": round(outcome.score, 4) if checked else None,
+            "decision threshold (raw)": round(outcome.threshold, 4) if checked else None,
+            "score unit": score_unit,
+            "model": model_key,
+            "verdict": outcome.verdict if checked else "not checked",
+        })
     return pd.DataFrame(rows)
 
 
-def show_table(outcomes: dict[str, ClipResult | str], model_key: str) -> None:
-    table = results_table(outcomes)
+def show_table(outcomes: dict[str, ClipResult | str], model_key: str, score_unit: str) -> None:
+    table = results_table(outcomes, model_key, score_unit)
     flagged = int((table["verdict"] == ANOMALOUS).sum())
     unfamiliar = int((table["verdict"] == UNFAMILIAR).sum())
     st.subheader(f"Results: {flagged} of {len(table)} clips anomalous"
                  + (f", {unfamiliar} unfamiliar" if unfamiliar else ""))
-    st.caption("Click a column header to sort.")
-    st.dataframe(table, hide_index=True, width="stretch")
+    st.caption(f"Anomaly scores in multiples of the model's decision threshold ({RELATIVE_UNIT}): above 1.0 is "
+               "anomalous. Click a column header to sort; the CSV has the raw scores too.")
+    st.dataframe(table[PAGE_COLUMNS], hide_index=True, width="stretch")
     st.download_button("Download as CSV", table.to_csv(index=False).encode(), file_name=f"asd_results_{model_key}.csv",
                        mime="text/csv")
 
@@ -278,15 +339,20 @@ def show_table(outcomes: dict[str, ClipResult | str], model_key: str) -> None:
 # -- one clip -----------------------------------------------------------------------------
 
 
-def verdict_sentence(result: ClipResult) -> str:
+def verdict_sentence(result: ClipResult, score_unit: str = "raw score") -> str:
+    """The verdict in one sentence (Streamlit Markdown): the score as a multiple of the
+    decision threshold first, the raw score and threshold (in ``score_unit``) after."""
     if result.verdict == UNFAMILIAR:
         return (f"**{result.name}** is **unfamiliar**: {UNFAMILIAR_ADVICE}. (Its distance to the nearest training "
                 f"clip, {result.unfamiliarity:.3f}, is above the model's limit {result.unfamiliar_threshold:.3f}.)")
-    anomalous = result.verdict == ANOMALOUS
-    relative = abs(result.margin) / result.threshold * 100 if result.threshold else float("nan")
-    return (f"**{result.name}** sounds **{result.verdict}**: its anomaly score {result.score:.4f} is "
-            f"{abs(result.margin):.4f} ({relative:.0f} %) {'above' if anomalous else 'below'} the decision "
-            f"threshold {result.threshold:.4f}.")
+    side = "above" if result.verdict == ANOMALOUS else "below"
+    raw = f"raw score {result.score:.4f} against the threshold {result.threshold:.4f}, {score_unit}"
+    relative = result.relative_score
+    if relative is None:
+        return (f"**{result.name}** sounds **{result.verdict}**: its anomaly score is {abs(result.margin):.4f} {side} "
+                f"the decision threshold ({raw}).")
+    return (f"**{result.name}** sounds **{result.verdict}**: its anomaly score is **{relative:.2f} {RELATIVE_UNIT}**, "
+            f"{abs(relative - 1) * 100:.0f} % {side} the decision threshold ({raw}).")
 
 
 # The verdict at a glance: one word in large type and its colour, before the sentence.
@@ -305,12 +371,14 @@ def show_clip(result: ClipResult, data: bytes, detector: Detector) -> None:
     for note in result.notes:
         st.info(f"Note: {note}.")
     show = {ANOMALOUS: st.error, UNFAMILIAR: st.warning}.get(result.verdict, st.success)
-    show("Verdict: " + verdict_sentence(result))
+    show("Verdict: " + verdict_sentence(result, meta.score_unit))
     gauge, numbers = st.columns([2, 1])
     gauge.plotly_chart(score_gauge(result), width="stretch")
-    numbers.metric("Anomaly score", f"{result.score:.4f}")
-    numbers.metric("Decision threshold", f"{result.threshold:.4f}")
-    numbers.metric("Margin", f"{result.margin:+.4f}")
+    relative = result.relative_score
+    numbers.metric("Anomaly score", f"{relative:.2f} {RELATIVE_UNIT}" if relative is not None else f"{result.score:.4f}",
+                   help="1.0 is the decision threshold: above it, anomalous.")
+    numbers.metric("Raw anomaly score", f"{result.score:.4f}", help=meta.score_unit)
+    numbers.metric("Decision threshold (raw)", f"{result.threshold:.4f}", help=meta.score_unit)
     unit = meta.score_unit[0].upper() + meta.score_unit[1:]
     if meta.input == "waveform":  # one score per clip: explained by its spectrum against the nearest training clip's
         st.subheader("Spectrum against the nearest normal training clip")
@@ -357,36 +425,43 @@ def show_clip(result: ClipResult, data: bytes, detector: Detector) -> None:
 # -- page ---------------------------------------------------------------------------------
 
 
+def models_unavailable(message: str, deployment: Deployment | None, problem: str) -> None:
+    """Say why no model can be used, with the status and a retry, and end this page run."""
+    st.error(message)
+    show_status(deployment, None, problem=problem)
+    st.button("Try again", on_click=server_status.clear)  # ask the server again, not the cache
+    st.stop()
+
+
 def main() -> None:
     st.set_page_config(page_title="Machine sound anomaly detector", layout="wide")
     st.title("Machine sound anomaly detector")
     st.write("Check recordings of a machine: the model, trained on its normal sounds only, says whether each "
              "sounds normal or anomalous, and where.")
     try:
-        deployment, choices = served_choices()
-    except MODEL_ERRORS as exc:
-        st.error(f"The models are not available: {exc}")
-        try:
-            deployment = Deployment.from_env()
-        except ValueError:
-            deployment = None
-        show_status(deployment, None, problem=str(exc))
-        st.button("Try again")
-        st.stop()
-    choice = pick_model(choices)
+        deployment = Deployment.from_env()
+    except ValueError as exc:
+        models_unavailable(f"The models are not available: {exc}", None, str(exc))
+    status = server_status(deployment, repr(deployment))
+    if "problem" in status:
+        models_unavailable(f"The models are not available: {status['problem']}", deployment, status["problem"])
+    choices, reason = served_choices(deployment, status["versions"])
+    choice = pick_model(choices, reason)
     model_key = f"{choice.name}-v{choice.version}"
     try:
-        detector = get_detector(deployment, choice.name, choice.version, repr(deployment))
+        meta = version_metadata(deployment, choice.name, choice.version, repr(deployment))
     except MODEL_ERRORS as exc:
-        st.error(f"Model {choice.label} is not available: {exc}")
-        show_status(deployment, None, problem=str(exc))
-        st.button("Try again")
-        st.stop()
-    show_model(detector)
-    clips, refused = choose_clips(detector.features.sample_rate)
+        models_unavailable(f"Model {choice.label} is not available: {exc}", deployment, str(exc))
+    # The inputs come before the model loads (seconds in-process), so a file can be picked at once.
+    clips, refused = choose_clips(meta.features.sample_rate)
     for message in refused:
         st.error(f"This file cannot be checked: {message}")
     channel = pick_channel(clips)
+    try:
+        detector = get_detector(deployment, choice.name, choice.version, repr(deployment))
+    except MODEL_ERRORS as exc:
+        models_unavailable(f"Model {choice.label} is not available: {exc}", deployment, str(exc))
+    show_model(detector)
     outcomes = score_clips(detector, model_key, clips, channel) if clips else {}
     show_status(deployment, detector)
     if not outcomes:
@@ -398,13 +473,17 @@ def main() -> None:
         if isinstance(outcome, str):
             st.error(outcome)
     if len(outcomes) > 1:
-        show_table(outcomes, model_key)
+        show_table(outcomes, model_key, detector.metadata.score_unit)
     if not checked:
         return
     if len(checked) > 1:
-        ranked = sorted(checked, key=lambda n: -checked[n].margin)
+        def anomalousness(n: str) -> float:
+            relative = checked[n].relative_score
+            return relative if relative is not None else checked[n].margin
+
+        ranked = sorted(checked, key=anomalousness, reverse=True)
         name = st.selectbox("Details for", ranked, key="details",
-                            help="Clips ordered from most to least anomalous (by margin above the threshold).")
+                            help=f"Clips ordered from most to least anomalous (by anomaly score, {RELATIVE_UNIT}).")
     else:
         name = next(iter(checked))
     data = dict(clips)[name]

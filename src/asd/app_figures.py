@@ -155,22 +155,65 @@ def band_profile_comparison(nearest: NearestProfile, band_hz: np.ndarray) -> go.
     return figure
 
 
+# The gauge's fixed range, in multiples of the decision threshold: the threshold sits at
+# its middle on every clip and model version, so gauges compare at a glance.
+GAUGE_TOP = 2.0
+
+
 def score_gauge(result: ClipResult) -> go.Figure:
-    """The clip's anomaly score on a gauge whose red zone starts at the decision
-    threshold; the delta shows the margin (score - threshold)."""
-    top = max(result.score, result.threshold) * 1.5 or 1.0
+    """The clip's anomaly score as a multiple of the decision threshold
+    (:attr:`ClipResult.relative_score`, 1.0 = threshold) on a gauge fixed from 0 to
+    :data:`GAUGE_TOP`; the red zone starts at the threshold. A score beyond the range fills
+    the gauge, shows its value in the number, and is marked "off the scale".
+
+    A model whose threshold is not positive has no meaningful ratio: its raw score is
+    shown against the threshold instead, on a range fitted to the clip.
+    """
+    relative = result.relative_score
+    if relative is None:
+        return _raw_score_gauge(result)
+    off_scale = relative > GAUGE_TOP
     figure = go.Figure(
         go.Indicator(
-            mode="gauge+number+delta",
+            mode="gauge+number",
+            # the bar stops at the range's end; the number says the real value
+            value=relative,
+            number={"valueformat": ".2f", "suffix": " x threshold",
+                    "font": {"size": 30, "color": ABOVE_COLOUR if relative > 1 else "#222"}},
+            gauge={
+                "axis": {"range": [0, GAUGE_TOP], "tickvals": [0, 0.5, 1, 1.5, GAUGE_TOP],
+                         "ticktext": ["0", "0.5", "1 (threshold)", "1.5", f"{GAUGE_TOP:g}+" if off_scale else f"{GAUGE_TOP:g}"]},
+                "bar": {"color": ABOVE_COLOUR if off_scale else "#444"},
+                "steps": [
+                    {"range": [0, 1], "color": "#d8f0dd"},
+                    {"range": [1, GAUGE_TOP], "color": "#f6d5d5"},
+                ],
+                "threshold": {"line": {"color": ABOVE_COLOUR, "width": 3}, "value": 1.0},
+            },
+            title={"text": "anomaly score in multiples of the decision threshold", "font": {"size": 14}},
+        )
+    )
+    if off_scale:
+        figure.add_annotation(text=f"off the scale: beyond {GAUGE_TOP:g} x threshold", x=0.5, y=0, yref="paper",
+                              yanchor="top", showarrow=False, font={"color": ABOVE_COLOUR, "size": 14})
+    figure.update_layout(height=260, margin={"t": 60, "b": 30 if off_scale else 10, "l": 30, "r": 30})
+    return figure
+
+
+def _raw_score_gauge(result: ClipResult) -> go.Figure:
+    """The raw anomaly score against the decision threshold, range fitted to the clip."""
+    top = max(abs(result.score), abs(result.threshold)) * 1.5 or 1.0
+    bottom = min(0.0, result.score, result.threshold) * 1.5
+    figure = go.Figure(
+        go.Indicator(
+            mode="gauge+number",
             value=result.score,
             number={"valueformat": ".3f"},
-            delta={"reference": result.threshold, "valueformat": "+.3f",
-                   "increasing": {"color": ABOVE_COLOUR}, "decreasing": {"color": "seagreen"}},
             gauge={
-                "axis": {"range": [0, top]},
+                "axis": {"range": [bottom, top]},
                 "bar": {"color": "#444"},
                 "steps": [
-                    {"range": [0, result.threshold], "color": "#d8f0dd"},
+                    {"range": [bottom, result.threshold], "color": "#d8f0dd"},
                     {"range": [result.threshold, top], "color": "#f6d5d5"},
                 ],
                 "threshold": {"line": {"color": ABOVE_COLOUR, "width": 3}, "value": result.threshold},

@@ -108,6 +108,15 @@ class ClipResult:
         return self.score - self.threshold
 
     @property
+    def relative_score(self) -> float | None:
+        """``score / threshold``, the score as a multiple of the decision threshold (1.0 is
+        the threshold, above it anomalous), so clips and model versions whose scores come
+        in different units compare. None when the threshold is not positive (a score that
+        may be negative, such as a log-likelihood, has no meaningful ratio).
+        """
+        return self.score / self.threshold if self.threshold > 0 else None
+
+    @property
     def frame_times_s(self) -> np.ndarray:
         """Start time of each frame in seconds, shape ``(n_frames,)``."""
         return np.arange(len(self.frame_error)) * self.frame_seconds

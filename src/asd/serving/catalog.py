@@ -9,18 +9,43 @@ each name's available versions from ``GET /v1/models/<name>`` (gRPC: GetModelSta
 Environment (the app's): ``ASD_SERVING_URL`` (``http://host:8501`` or ``grpc://host:8500``)
 or ``ASD_MODEL_DIR`` (in-process); ``ASD_MODELS_CONFIG`` (path to ``models.config``)
 or ``ASD_MODEL_NAME`` (one name, or several separated by commas) for the names;
-``ASD_SERVING_TIMEOUT_S`` bounds each request.
+``ASD_SERVING_TIMEOUT_S`` bounds each request (the status probe has its own short
+deadline, :data:`asd.serving.probe.PROBE_TIMEOUT_S`).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..layout import ModelNotFoundError, model_names, versions
+from ..metadata import ModelMetadata
 from .base import Backend
 from .factory import make_backend
+from .probe import PROBE_TIMEOUT_S, probe_status
+
+# Each detector kind (asd.detectors.DETECTORS) in words, for pickers and status lines.
+DETECTOR_IN_WORDS = {
+    "conv_ae": "convolutional autoencoder, scores frame by frame",
+    "dense_ae_mse": "dense autoencoder, scores frame by frame",
+    "dense_ae_mahalanobis": "dense autoencoder with Mahalanobis score",
+    "lstm_ae": "LSTM autoencoder, scores frame by frame",
+    "vae": "variational autoencoder",
+    "lof": "local outlier factor",
+    "iforest": "isolation forest",
+    "ocsvm": "one-class SVM",
+    "gmm": "Gaussian mixture",
+    "knn": "nearest neighbours on log-mel",
+    "arcface": "ArcFace embeddings",
+    "spectrum_adacos": "spectrum embeddings (AdaCos)",
+    "multispec_scac": "whole-clip spectrum embeddings + nearest neighbours",
+}
+
+
+def detector_in_words(kind: str) -> str:
+    """A detector kind (``conv_ae``) in words; an unknown kind as it is."""
+    return DETECTOR_IN_WORDS.get(kind, kind)
 
 
 @dataclass(frozen=True)
@@ -35,15 +60,75 @@ class ModelChoice:
         Model version (TF Serving's version directory number).
     latest : bool
         The newest available version of this name (what an unpinned request gets).
+    detector : str
+        Detector kind from the model's metadata (``conv_ae``); empty if unknown.
+    official_score : float or None
+        The DCASE official score stored in the metadata's ``evaluation`` (harmonic mean
+        of AUC-source, AUC-target and pAUC, :mod:`asd.metrics`); None if not evaluated.
+    recommended : bool
+        Set by :func:`recommend`.
     """
 
     name: str
     version: int
     latest: bool
+    detector: str = ""
+    official_score: float | None = None
+    recommended: bool = False
 
     @property
     def label(self) -> str:
-        return f"{self.name} v{self.version}" + (" (latest)" if self.latest else "")
+        """``toycar v4 (latest, recommended): whole-clip spectrum embeddings + ...``."""
+        marks = [m for m, on in (("latest", self.latest), ("recommended", self.recommended)) if on]
+        kind = f": {detector_in_words(self.detector)}" if self.detector else ""
+        return f"{self.name} v{self.version}" + (f" ({', '.join(marks)})" if marks else "") + kind
+
+    @classmethod
+    def from_metadata(cls, name: str, version: int, latest: bool, metadata: ModelMetadata | None) -> "ModelChoice":
+        """A choice described by its model's metadata (None: undescribed)."""
+        if metadata is None:
+            return cls(name, version, latest)
+        score = (metadata.evaluation or {}).get("official_score")
+        return cls(name, version, latest, metadata.detector, float(score) if score is not None else None)
+
+
+def recommend(choices: list[ModelChoice]) -> tuple[list[ModelChoice], str | None]:
+    """Mark, per model name, the version to use: the best stored official score (its
+    metadata's ``evaluation``), the latest of those on a tie.
+
+    Versions without an evaluation are never recommended; a name none of whose versions
+    has one gets no mark (comparing unmeasured models would be a guess). The scores are
+    compared as stored: they mean the same only when the versions were evaluated on the
+    same test set (``asd evaluate`` records its ``data_dir``).
+
+    Returns
+    -------
+    choices : list of ModelChoice
+        The same choices in the same order, the recommended ones marked.
+    reason : str or None
+        One line per recommended version saying why (None when nothing is marked).
+    """
+    best: dict[str, ModelChoice] = {}
+    for choice in choices:
+        if choice.official_score is None:
+            continue
+        held = best.get(choice.name)
+        if held is None or (choice.official_score, choice.version) > (held.official_score, held.version):
+            best[choice.name] = choice
+    reasons = []
+    for choice in best.values():
+        others = [c for c in choices if c.name == choice.name and c is not choice]
+        scored = [c for c in others if c.official_score is not None]
+        compared = (
+            " (" + ", ".join(f"v{c.version}: {c.official_score:.3f}" for c in scored) + ")" if scored else ""
+        )
+        unscored = " among the evaluated versions" if len(scored) < len(others) else ""
+        reasons.append(
+            f"{choice.name} v{choice.version} is recommended: the best official DCASE score{unscored}, "
+            f"{choice.official_score:.3f} on its test set{compared}."
+        )
+    marked = [replace(c, recommended=True) if best.get(c.name) is c else c for c in choices]
+    return marked, " ".join(reasons) or None
 
 
 @dataclass(frozen=True)
@@ -107,13 +192,15 @@ class Deployment:
             model_dir=self.model_dir, server_url=self.server_url, name=name, version=version, timeout_s=self.timeout_s
         )
 
-    def available_versions(self, name: str) -> list[int]:
-        """Versions of ``name`` that can be served now, oldest first.
+    def available_versions(self, name: str, timeout_s: float = PROBE_TIMEOUT_S) -> list[int]:
+        """Versions of ``name`` that can be served now, oldest first; from a server, one
+        status request with a short deadline (:func:`asd.serving.probe.probe_status`).
 
         Raises
         ------
         asd.serving.ServingError
-            The server is unreachable or does not serve ``name``.
+            The server is unreachable, does not answer within ``timeout_s`` seconds, or
+            does not serve ``name``.
         asd.layout.ModelNotFoundError
             In-process: no such model directory.
         """
@@ -122,8 +209,29 @@ class Deployment:
             if not found:
                 raise ModelNotFoundError(f"{self.model_dir}: no versions of model '{name}'")
             return found
-        status = self.open(name).model_status()
+        status = probe_status(self.server_url, name, timeout_s)
         return sorted(int(s["version"]) for s in status if s.get("state") == "AVAILABLE")
+
+    def metadata(self, name: str, version: int) -> ModelMetadata:
+        """One version's metadata: read from its directory in-process (no TensorFlow, no
+        model load); from a server, through the model's ``metadata`` signature (a backend
+        is opened for it).
+
+        Raises
+        ------
+        asd.serving.ServingError, asd.layout.ModelNotFoundError, asd.metadata.ModelMismatchError
+        """
+        if self.model_dir:
+            version_dir = Path(self.model_dir) / name / str(version)
+            if not version_dir.is_dir():
+                raise ModelNotFoundError(f"{self.model_dir}: no version {version} of model '{name}'")
+            return ModelMetadata.read(version_dir)
+        backend = self.open(name, version)
+        try:
+            return backend.metadata
+        finally:
+            if hasattr(backend, "close"):  # a gRPC channel
+                backend.close()
 
 
 def read_model_config(config_path: str | Path):
