@@ -41,7 +41,8 @@ def _start(args: list[str], env: dict, log: Path, health_url: str) -> subprocess
 
 def _base_env() -> dict:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    for key in ("ASD_SERVING_URL", "ASD_MODELS_CONFIG", "ASD_MODEL_DIR", "ASD_MODEL_NAME", "ASD_MODEL_VERSION"):
+    for key in ("ASD_SERVING_URL", "ASD_MODELS_CONFIG", "ASD_MODEL_DIR", "ASD_MODEL_NAME", "ASD_MODEL_VERSION",
+                "ASD_MODEL_FILES_DIR"):
         env.pop(key, None)
     return env
 
@@ -69,7 +70,8 @@ def app_url(tmp_path_factory):
         env, logs / "serving.log", f"http://127.0.0.1:{serving_port}/v1/models/toycar",
     )
     app_env = {**env, "ASD_SERVING_URL": f"http://127.0.0.1:{serving_port}",
-               "ASD_MODELS_CONFIG": str(REPO / "production" / "serving" / "models.config")}
+               "ASD_MODELS_CONFIG": str(REPO / "production" / "serving" / "models.config"),
+               "ASD_MODEL_FILES_DIR": str(SHIPPED_MODELS)}  # as compose mounts them
     try:
         app, url = _start_app(app_env, logs / "app.log")
     except Exception:
@@ -148,9 +150,9 @@ def _expect_plots(page, n: int) -> None:
 def test_normal_and_anomalous_clips_get_their_verdicts_and_plots(page):
     _upload(page, SAMPLE_NORMAL)
     page.get_by_text("sounds normal").wait_for()
-    # gauge and log-mel: the waveform model's band-profile plot needs the model's files,
-    # which the app has in-process only (show_clip says so in a caption over a server)
-    _expect_plots(page, 2)
+    # gauge, band profile (the model's files read from ASD_MODEL_FILES_DIR, as compose
+    # mounts them beside the server) and log-mel
+    _expect_plots(page, 3)
     _expect_verdict(page, "NORMAL")
     expect(page.get_by_text("last request:")).to_have_count(1)
     _shot(page, "1_normal_clip")
@@ -159,7 +161,8 @@ def test_normal_and_anomalous_clips_get_their_verdicts_and_plots(page):
     _wait_ready(page)
     _upload(page, SAMPLE_FLAGGED)
     page.get_by_text("sounds anomalous").wait_for()
-    _expect_plots(page, 2)
+    _expect_plots(page, 3)  # gauge, band profile against the nearest training clip, log-mel
+    expect(page.get_by_text("Spectrum against the nearest normal training clip")).to_be_visible()
     relative_v4 = _expect_verdict(page, "ANOMALOUS")
     # the picker marks the recommended version and names each version's detector
     expect(page.get_by_role("combobox", name="Model served")).to_have_value(re.compile(r"\(latest, recommended\)"))

@@ -192,10 +192,23 @@ def test_app_finds_serving_and_its_config_and_is_probed_where_its_image_says(ren
     serving_service = find(objects, "Service", "asd-serving")
     http_port = next(p["port"] for p in serving_service["spec"]["ports"] if p["name"] == "http")
     assert variables["ASD_SERVING_URL"] == f"http://asd-serving:{http_port}"
-    # the variables the app reads (asd.serving.catalog.Deployment.from_env)
-    catalog_source = (REPO / "src" / "asd" / "serving" / "catalog.py").read_text()
+    # the variables the app reads (asd.serving.catalog.Deployment.from_env, the app itself),
+    # and the same as compose gives it
+    readers = (REPO / "src" / "asd" / "serving" / "catalog.py").read_text() + (
+        REPO / "production" / "app" / "streamlit_app.py").read_text()
     for name in variables:
-        assert name in catalog_source, name
+        assert f'"{name}"' in readers, name
+    compose_env = compose("docker-compose.prod.yaml")["services"]["app"]["environment"]
+    assert set(variables) == set(compose_env)
+    # the models' files, read only, where ASD_MODEL_FILES_DIR says: the claim TF Serving reads
+    models_mount = next(m for m in c["volumeMounts"] if m["name"] == "models")
+    assert models_mount["mountPath"] == variables["ASD_MODEL_FILES_DIR"] and models_mount["readOnly"] is True
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in app["spec"]["template"]["spec"]["volumes"]
+              if "persistentVolumeClaim" in v}
+    serving_claims = {v["persistentVolumeClaim"]["claimName"] for v in
+                      find(objects, "Deployment", "asd-serving")["spec"]["template"]["spec"]["volumes"]
+                      if "persistentVolumeClaim" in v}
+    assert claims["models"] in serving_claims
     config_mount = next(m for m in c["volumeMounts"] if m["name"] == "config")["mountPath"]
     models_config = Path(variables["ASD_MODELS_CONFIG"])
     assert models_config.parent.as_posix() == config_mount

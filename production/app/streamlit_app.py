@@ -6,7 +6,9 @@ Run:  streamlit run production/app/streamlit_app.py   (from the repository root,
 Backend (environment, see asd.serving.catalog): ASD_SERVING_URL (TF Serving,
 ``http://host:8501`` REST or ``grpc://host:8500``) with ASD_MODELS_CONFIG (the server's
 models.config) or ASD_MODEL_NAME; or ASD_MODEL_DIR (a models directory in TF Serving's
-layout, served in-process).
+layout, served in-process). ASD_MODEL_FILES_DIR: with a server, a read-only copy of the
+served models directory, for the files TF Serving does not serve (a whole-clip model's
+band profiles, which explain a clip).
 
 The page reads as the user's story: pick the machine's model, give one or many clips,
 get the verdicts, then see why for any clip. Scores are shown as multiples of the model's
@@ -22,6 +24,7 @@ costs one short wait, not a request timeout on every page update.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from pathlib import Path
 
@@ -364,6 +367,18 @@ def headline(result: ClipResult) -> str:
     return f"## :{HEADLINE_COLOURS.get(result.verdict, 'green')}[{result.verdict.upper()}]"
 
 
+def model_files(detector: Detector) -> Path | None:
+    """The model version's folder, for the files TF Serving does not serve
+    (``assets.extra/``): the in-process backend's own, or with a server
+    ``$ASD_MODEL_FILES_DIR/<name>/<version>`` (compose mounts production/models there)."""
+    path = getattr(detector.backend, "path", None)
+    if path is not None:
+        return Path(path)
+    root = os.environ.get("ASD_MODEL_FILES_DIR")
+    meta = detector.metadata
+    return Path(root) / meta.name / str(meta.version) if root else None
+
+
 def show_clip(result: ClipResult, data: bytes, detector: Detector) -> None:
     meta = detector.metadata
     st.markdown(headline(result))
@@ -383,7 +398,7 @@ def show_clip(result: ClipResult, data: bytes, detector: Detector) -> None:
     if meta.input == "waveform":  # one score per clip: explained by its spectrum against the nearest training clip's
         st.subheader("Spectrum against the nearest normal training clip")
         try:
-            profiles = BandProfiles.load(getattr(detector.backend, "path", None))  # in-process models only
+            profiles = BandProfiles.load(model_files(detector))
         except ValueError as exc:
             profiles, problem = None, str(exc)
         else:
