@@ -48,7 +48,7 @@ from ..metadata import ModelMetadata
 from ..processes import STARTUP_S, free_port, start_process, stop_process
 from ..provenance import git, package_version
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]  # src/asd/measure/speed.py -> the repository
 DEFAULT_TRAIN_CONFIG = "development/configs/toycar_conv_ae.yaml"
 # The targets, on a 2-core machine, one process.
 TARGETS = {
