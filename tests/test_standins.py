@@ -245,3 +245,46 @@ def test_the_bench_splits_a_request_on_the_client_side(server, patches):
     # another model's time is not the server's: refused
     with pytest.raises(ValueError, match="is not the served one"):
         rest_request_parts(backend, InProcessBackend(SHIPPED_MODELS, name="toycar", version=4), patches[:2], 3)
+
+
+def test_new_versions_are_served_after_the_poll_interval_without_a_restart(tmp_path):
+    """As TF Serving with --file_system_poll_wait_seconds: a version folder renamed into
+    the model's base path is loaded and becomes the latest; a removed one is unloaded."""
+    import shutil
+    import time
+
+    from asd.standins.repository import ModelRepository
+    from asd.standins.rest import StandInServer
+
+    models = tmp_path / "models"
+    shutil.copytree(SHIPPED_MODELS / "toycar" / "1", models / "toycar" / "1")
+    repository = ModelRepository(models, poll_s=0.3)
+
+    def versions(url):
+        status = requests.get(f"{url}/v1/models/toycar", timeout=5).json()["model_version_status"]
+        return sorted(int(s["version"]) for s in status)
+
+    def wait_for(url, expected):
+        deadline = time.monotonic() + 30
+        while versions(url) != expected and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return versions(url)
+
+    try:
+        with StandInServer(repository) as server:
+            assert versions(server.url) == [1]
+            # written elsewhere, then renamed into place: never half a version in the base path
+            shutil.copytree(SHIPPED_MODELS / "toycar" / "1", tmp_path / "incoming")
+            (tmp_path / "incoming").rename(models / "toycar" / "7")
+            assert wait_for(server.url, [1, 7]) == [1, 7]
+            latest = requests.get(f"{server.url}/v1/models/toycar/metadata", timeout=5).json()
+            assert latest["model_spec"]["version"] == "7"
+            shutil.rmtree(models / "toycar" / "1")
+            assert wait_for(server.url, [7]) == [7]
+    finally:
+        repository.stop_polling()
+
+
+def test_the_stand_in_command_polls_like_tf_serving():
+    out = subprocess.run([sys.executable, "-m", "asd.standins", "--help"], capture_output=True, text=True, timeout=120)
+    assert "--file_system_poll_wait_seconds" in out.stdout and "default 1" in out.stdout

@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--allow_version_labels_for_unavailable_models", action="store_true",
                         help="as TF Serving's flag: without it, a config with version_labels refuses to start, since "
                              "labels are checked before any version has loaded")
+    parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0, metavar="S",
+                        help="as TF Serving's flag (default 1): look for new and removed version folders every S "
+                             "seconds and serve them without a restart; 0: load once")
     args = parser.parse_args(argv)
     limit, labels = None, None
     try:
@@ -45,7 +48,8 @@ def main(argv: list[str] | None = None) -> None:
 
             labels = configured_version_labels(args.model_config_file)
         repository = ModelRepository(args.models, max_batch_size=limit, version_labels=labels,
-                                     allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models)
+                                     allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
+                                     poll_s=args.file_system_poll_wait_seconds)
     except RequestError as exc:  # TF Serving's own words when it will not start (main.cc)
         sys.exit(f"Failed to start server. Error: {exc.code}: {exc.message}")
     except ValueError as exc:

@@ -8,6 +8,8 @@ messages) and runs a signature. Importing this module imports TensorFlow.
 
 from __future__ import annotations
 
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -170,7 +172,8 @@ class ModelRepository:
     """Every model version under a models directory in TF Serving's layout, loaded once.
 
     Shared by the REST and the gRPC front-ends (one copy of the models in memory when
-    both serve). Thread-safe: servables are read-only after loading.
+    both serve). Thread-safe: servables are read-only once loaded, and a poll replaces the
+    mapping of them in one assignment.
 
     Parameters
     ----------
@@ -188,6 +191,12 @@ class ModelRepository:
         loads any version, so without the flag every label refuses to start the server
         (server_core.cc ``UpdateModelVersionLabelMap``); with it, a label may name any
         version, and a request by a label whose version is not loaded finds no servable.
+    poll_s : float
+        Look for new and removed version folders every ``poll_s`` seconds, as TF Serving
+        does with ``--file_system_poll_wait_seconds`` (its default 1): a new version is
+        served (and becomes the latest) without a restart, a removed one is no longer
+        served. 0: load once. A folder that cannot be loaded yet (still being written) is
+        tried again at the next poll; write versions elsewhere and rename them into place.
 
     Attributes
     ----------
@@ -204,7 +213,7 @@ class ModelRepository:
 
     def __init__(self, models_dir: str | Path, max_batch_size: int | None = None,
                  version_labels: dict[str, dict[str, int]] | None = None,
-                 allow_version_labels_for_unavailable_models: bool = False):
+                 allow_version_labels_for_unavailable_models: bool = False, poll_s: float = 0.0):
         self.version_labels = {name: dict(labels) for name, labels in (version_labels or {}).items() if labels}
         if self.version_labels and not allow_version_labels_for_unavailable_models:
             name, labels = min(self.version_labels.items())
@@ -213,11 +222,42 @@ class ModelRepository:
                                                       "which is not currently available for inference")
         self.models_dir = Path(models_dir)
         self.max_batch_size = max_batch_size
-        self.servables = {
-            (name, version): Servable(self.models_dir / name / str(version))
-            for name in model_names(self.models_dir)
-            for version in versions(self.models_dir / name)
-        }
+        self.servables = self._scan({}, strict=True)
+        self._stop = threading.Event()
+        if poll_s > 0:
+            threading.Thread(target=self._poll, args=(poll_s,), daemon=True, name="standin-poll").start()
+
+    def _scan(self, loaded: dict, strict: bool = False) -> dict:
+        """``(name, version) -> Servable`` of the version folders there now: those already
+        loaded kept, new ones loaded. With ``strict`` a folder that fails to load raises;
+        otherwise it is left out until a later scan (a version still being copied)."""
+        found = {}
+        for name in model_names(self.models_dir):
+            for version in versions(self.models_dir / name):
+                key = (name, version)
+                if key in loaded:
+                    found[key] = loaded[key]
+                    continue
+                try:
+                    found[key] = Servable(self.models_dir / name / str(version))
+                except Exception as exc:  # noqa: BLE001 - TF's load errors have many types
+                    if strict:
+                        raise
+                    print(f"stand-in: {name} version {version} not loaded yet: {str(exc).splitlines()[0]}",
+                          file=sys.stderr, flush=True)
+        return found
+
+    def reload(self) -> None:
+        """Scan the models directory once (what each poll does). The servables mapping is
+        replaced in one assignment, so requests in flight see the old or the new one."""
+        self.servables = self._scan(self.servables)
+
+    def _poll(self, poll_s: float) -> None:
+        while not self._stop.wait(poll_s):
+            self.reload()
+
+    def stop_polling(self) -> None:
+        self._stop.set()
 
     def labelled_version(self, name: str, label: str) -> int:
         """The version a label names (server_core.cc ``GetModelVersionForLabel``).
