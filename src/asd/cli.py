@@ -256,6 +256,24 @@ def _score_concurrently(args, detector, files) -> int:
     return EXIT_BAD_INPUT if failed else 0
 
 
+def cmd_enroll_curve(args) -> int:
+    from .measure.enrolment_curve import run_enrolment_curve
+
+    _require_machine_type_folder(args.data)
+    ks = [int(k) for k in args.ks.split(",") if k.strip()]
+    if not ks or any(k < 0 for k in ks):
+        raise ValueError("--ks must be non-negative integers separated by commas, e.g. 0,3,5,10,20,40")
+    report = run_enrolment_curve(args.model, args.data, args.out, name=args.name, version=args.model_version,
+                                 ks=sorted(set(ks)), draws=args.draws, seed=args.seed, rule=args.threshold_rule)
+    print((Path(args.out) / "enrolment.md").read_text(), end="")
+    print(f"report: {Path(args.out) / 'enrolment.md'}, {Path(args.out) / 'enrolment.json'}, {Path(args.out) / 'enrolment.png'}")
+    met = report["targets"]["met"]
+    missed = [key for key in ("auc_target", "false_alarm_target", "source_no_worse") if not met[key]]
+    if missed:
+        print(f"asd enroll-curve: targets missed at k = {met['k']}: {', '.join(missed)}", file=sys.stderr)
+    return 0
+
+
 def cmd_robustness(args) -> int:
     from .measure.robustness import run_robustness
 
@@ -416,6 +434,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "server is unreachable, overloaded or too slow (default 4); a clip still failing is listed")
     p.set_defaults(func=cmd_score)
 
+    p = sub.add_parser("enroll-curve", help="how many recordings of a new normal a user needs: enrol k target-domain "
+                       "normal test clips into a reference-bank model's bank (threshold refitted on the bank only), "
+                       "score the rest; AUC and false alarms per k over random draws; writes a report and a plot")
+    p.add_argument("--model", required=True, metavar="DIR", help="models directory (or a version directory)")
+    p.add_argument("--name", help="model name in it")
+    p.add_argument("--model-version", type=int, help="model version (default: latest)")
+    p.add_argument("--data", required=True, help="machine-type folder with train/ and labelled test/ (e.g. dev_data/ToyCar)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for enrolment.md, enrolment.json, enrolment.png")
+    p.add_argument("--ks", default="0,3,5,10,20,40", metavar="K,K", help="clips enrolled (default 0,3,5,10,20,40)")
+    p.add_argument("--draws", type=_positive_int, default=10, help="random draws per k > 0 (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
+    p.add_argument("--threshold-rule", choices=("base", "refit_all", "refit_training"), default="base",
+                   help="the enlarged bank's decision threshold: the version's own (default), or refitted on all "
+                        "bank clips or on the training clips (asd.enrolment.bank_threshold)")
+    p.set_defaults(func=cmd_enroll_curve)
+
     p = sub.add_parser("robustness", help="score the labelled test clips clean and through the recording chain "
                        "(resampling, gain, bit depth, DC, noise, low-pass); write a report")
     _add_backend_options(p)
@@ -483,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.func in (cmd_benchmark, cmd_bench, cmd_loadtest):  # they import TensorFlow at once
+        if args.func in (cmd_benchmark, cmd_bench, cmd_loadtest, cmd_enroll_curve):  # they import TensorFlow at once
             import_tensorflow()
         return args.func(args)
     except USER_ERRORS as exc:
