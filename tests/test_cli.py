@@ -150,6 +150,18 @@ def test_a_file_that_is_not_audio_is_answered_before_tensorflow_loads():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert run.stdout.split() == ["2", "False"], run.stdout + run.stderr
     assert run.stderr.strip().splitlines() == ["asd: error: README.md: not a readable WAV or FLAC file (Format not recognised.)"]
+    # the same with no model named: the file is answered first, in one line
+    bare = subprocess.run([sys.executable, "-m", "asd.cli", "score", "README.md"], capture_output=True, text=True,
+                          timeout=60, cwd=REPO)
+    assert bare.returncode == 2 and bare.stderr.strip().splitlines() == [
+        "asd: error: README.md: not a readable WAV or FLAC file (Format not recognised.)"]
+
+
+def test_score_without_a_model_says_which_options_in_one_line():
+    run = asd("score", SAMPLE_NORMAL)
+    assert run.returncode == 2 and run.stderr.strip().splitlines() == [
+        "asd: error: asd score needs a model: --model DIR (e.g. production/models) or --server URL "
+        "(e.g. http://localhost:8501 with --name toycar)"]
 
 
 def test_scoring_a_sample_prints_no_tensorflow_lines():

@@ -50,8 +50,10 @@ def _fail(message: str) -> int:
     return EXIT_BAD_INPUT
 
 
-def _add_backend_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_mutually_exclusive_group(required=True)
+def _add_backend_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    # asd score checks its files first (one line each, before a model is needed), then
+    # asks for --model or --server itself: required=False there
+    group = parser.add_mutually_exclusive_group(required=required)
     group.add_argument("--model", metavar="DIR", help="model directory in TF Serving's layout, run in-process")
     group.add_argument("--server", metavar="URL", help="TF Serving: http://host:8501 (REST) or grpc://host:8500 (gRPC)")
     parser.add_argument("--name", help="model name on the server (with --server) or in a models directory")
@@ -191,6 +193,9 @@ def cmd_score(args) -> int:
         for message in problems:
             print(f"asd: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if not (args.model or args.server):
+        raise ValueError("asd score needs a model: --model DIR (e.g. production/models) or --server URL "
+                         "(e.g. http://localhost:8501 with --name toycar)")
     detector = _detector(args)
     if args.concurrency or args.output:
         return _score_concurrently(args, detector, files)
@@ -409,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="score WAV/FLAC files and folders: a '# model' line, then a tab-separated table "
                        "(file, anomaly_score, threshold, verdict, notes)")
     p.add_argument("files", nargs="+", metavar="PATH", help="WAV/FLAC files, or folders (their .wav/.flac files, recursively)")
-    _add_backend_options(p)
+    _add_backend_options(p, required=False)
     p.add_argument("--workers", type=int, default=2,
                    help="threads decoding clips and computing log-mel ahead of the model (default 2)")
     p.add_argument("--batch-size", type=int, default=8,
