@@ -121,3 +121,130 @@ def test_committed_curve_is_the_shipped_versions_and_readme_quotes_it():
         s = by_k[k]
         assert (f"| {k} | {s['auc_target']['mean']:.3f} ± {s['auc_target']['sd']:.3f} | "
                 f"{s['false_alarm_target']['mean']:.3f} ± {s['false_alarm_target']['sd']:.3f} |") in readme
+
+
+# -- asd enroll: new versions ---------------------------------------------------------------
+
+TARGET_NORMALS = sorted((SUBSET / "test").glob("*target_test_normal*.flac"))
+
+
+@pytest.fixture()
+def models_copy(tmp_path):
+    """A models directory holding a copy of shipped v4 only (enrolments write beside it)."""
+    import shutil
+
+    root = tmp_path / "models"
+    shutil.copytree(SHIPPED_MODELS / "toycar" / "4", root / "toycar" / "4")
+    return root
+
+
+def _scores(models, version, clips):
+    from asd.inference import Detector
+    from asd.serving import make_backend
+
+    detector = Detector(make_backend(model_dir=str(models), name="toycar", version=version))
+    return np.array([detector.score_file(c, display=False).score for c in clips]), detector
+
+
+def test_enroll_writes_a_new_version_that_differs_only_in_bank_and_metadata(models_copy):
+    """Served like any version: a stand-in already running picks it up at its next poll."""
+    import time
+
+    import requests
+
+    from asd.audio import load_audio
+    from asd.enrolment import enroll, pcm_sha256
+    from asd.metadata import ModelMetadata
+    from asd.standins.repository import ModelRepository
+    from asd.standins.rest import StandInServer
+
+    repository = ModelRepository(models_copy, poll_s=0.3)
+    try:
+        with StandInServer(repository) as server:
+            new = enroll(models_copy, "toycar", TARGET_NORMALS[:1], "target", log=lambda *_: None)
+            assert new == models_copy / "toycar" / "5"
+            deadline = time.monotonic() + 30
+            while repository.versions("toycar") != [4, 5] and time.monotonic() < deadline:
+                time.sleep(0.1)
+            status = requests.get(f"{server.url}/v1/models/toycar", timeout=5).json()["model_version_status"]
+            assert sorted(int(s["version"]) for s in status) == [4, 5]
+    finally:
+        repository.stop_polling()
+    base, enrolled = ModelMetadata.read(models_copy / "toycar" / "4"), ModelMetadata.read(new)
+    assert enrolled.version == 5 and enrolled.enrolment["base_version"] == 4 and enrolled.enrolment["domain"] == "target"
+    clip = load_audio(TARGET_NORMALS[0], 16000, max_seconds=60)
+    assert enrolled.enrolment["clips"] == [{**enrolled.enrolment["clips"][0], "name": TARGET_NORMALS[0].name,
+                                           "pcm_sha256": pcm_sha256(clip.samples)}]
+    # only the bank, its unfamiliar references and the metadata's enrolment differ
+    assert enrolled.threshold == base.threshold and enrolled.features == base.features
+    assert enrolled.unfamiliar["threshold"] == base.unfamiliar["threshold"]
+    assert enrolled.unfamiliar["n_references"] == base.unfamiliar["n_references"] + 1
+    assert enrolled.training == base.training and enrolled.evaluation == base.evaluation
+    others = sorted((SUBSET / "test").glob("*.flac"))
+    before, _ = _scores(models_copy, 4, others)
+    after, detector = _scores(models_copy, 5, others)
+    index = others.index(TARGET_NORMALS[0])
+    assert after[index] < 1e-5 < before[index]  # the enrolled recording is normal to it
+    assert np.all(after <= before + 1e-6)  # a larger bank never scores higher
+    source = [i for i, c in enumerate(others) if "_source_" in c.name]
+    np.testing.assert_allclose(after[source], before[source], atol=1e-5)  # the source bank's scores unchanged
+    assert detector.metadata.version == 5
+
+
+def test_bad_clips_are_refused_and_nothing_is_written(models_copy, tmp_path):
+    import soundfile as sf
+
+    from asd.enrolment import EnrolmentError, enroll
+
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros(16000 * 5, np.float32), 16000)
+    short = tmp_path / "short.wav"
+    sf.write(short, np.random.default_rng(0).normal(0, 0.1, 8000).astype(np.float32), 16000)
+    with pytest.raises(EnrolmentError) as refused:
+        enroll(models_copy, "toycar", [REPO / "README.md", silent, short, TARGET_NORMALS[0]], "target")
+    for name in ("README.md", "silent.wav", "short.wav"):
+        assert name in str(refused.value)
+    assert sorted(p.name for p in (models_copy / "toycar").iterdir()) == ["4"]  # no version, no temporary folder
+
+
+def test_clips_the_base_version_flags_need_force(models_copy):
+    from asd.enrolment import EnrolmentError, enroll
+
+    from .conftest import SAMPLE_FLAGGED
+
+    with pytest.raises(EnrolmentError, match=r"anomalous under v4.*--force"):
+        enroll(models_copy, "toycar", [SAMPLE_FLAGGED, TARGET_NORMALS[0]], "target")
+    assert sorted(p.name for p in (models_copy / "toycar").iterdir()) == ["4"]
+    new = enroll(models_copy, "toycar", [SAMPLE_FLAGGED], "target", force=True, log=lambda *_: None)
+    from asd.metadata import ModelMetadata
+
+    assert ModelMetadata.read(new).enrolment["clips"][0]["base_verdict"] == "anomalous"
+
+
+def test_two_enrolments_at_once_get_two_whole_versions(models_copy):
+    import os
+
+    from asd.metadata import ModelMetadata
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    runs = [subprocess.Popen([sys.executable, "-m", "asd.cli", "enroll", "--model", str(models_copy), "--name", "toycar",
+                              "--domain", domain, str(clip)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+            for domain, clip in (("target", TARGET_NORMALS[0]), ("line-3", TARGET_NORMALS[1]))]
+    outputs = [run.communicate(timeout=600) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err[-1500:] for _, err in outputs]
+    assert sorted(out.strip() for out, _ in outputs) == [str(models_copy / "toycar" / "5"), str(models_copy / "toycar" / "6")]
+    assert sorted(p.name for p in (models_copy / "toycar").iterdir()) == ["4", "5", "6"]
+    domains = {ModelMetadata.read(models_copy / "toycar" / v).enrolment["domain"] for v in ("5", "6")}
+    assert domains == {"target", "line-3"}
+    for version in (5, 6):  # each one whole: it loads and scores
+        scores, _ = _scores(models_copy, version, TARGET_NORMALS)
+        assert np.isfinite(scores).all()
+
+
+def test_enroll_command_refuses_a_model_without_a_bank_in_one_line():
+    run = subprocess.run([sys.executable, "-m", "asd.cli", "enroll", "--model", str(SHIPPED_MODELS), "--name", "toycar",
+                          "--model-version", "1", "--domain", "target", str(TARGET_NORMALS[0])],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and run.stderr.strip().splitlines()[-1].startswith("asd: error: ")
+    assert "no reference bank" in run.stderr and "Traceback" not in run.stderr

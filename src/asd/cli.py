@@ -261,6 +261,15 @@ def _score_concurrently(args, detector, files) -> int:
     return EXIT_BAD_INPUT if failed else 0
 
 
+def cmd_enroll(args) -> int:
+    from .enrolment import enroll
+
+    version_dir = enroll(args.model, args.name, args.clips, args.domain, base_version=args.model_version,
+                         out_dir=args.models_dir, force=args.force, log=lambda line: print(line, file=sys.stderr))
+    print(version_dir)
+    return 0
+
+
 def cmd_enroll_curve(args) -> int:
     from .measure.enrolment_curve import run_enrolment_curve
 
@@ -439,6 +448,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "server is unreachable, overloaded or too slow (default 4); a clip still failing is listed")
     p.set_defaults(func=cmd_score)
 
+    p = sub.add_parser("enroll", help="a new model version that knows more normal: the clips' embeddings join the "
+                       "base version's reference bank (same network, no training); prints the new version's folder")
+    p.add_argument("clips", nargs="+", metavar="CLIP", help="WAV/FLAC recordings of the machine as it runs now, normal")
+    p.add_argument("--model", required=True, metavar="DIR", help="models directory holding the base version")
+    p.add_argument("--name", required=True, help="model name (e.g. toycar)")
+    p.add_argument("--model-version", type=int, help="base version (default: latest)")
+    p.add_argument("--domain", required=True, metavar="LABEL",
+                   help="the clips' domain: target, or a new label such as line-3-mic-b")
+    p.add_argument("--models-dir", metavar="DIR", help="write the new version here (default: --model's directory)")
+    p.add_argument("--force", action="store_true",
+                   help="also enrol clips the base version calls anomalous or unfamiliar (refused otherwise)")
+    p.set_defaults(func=cmd_enroll)
+
     p = sub.add_parser("enroll-curve", help="how many recordings of a new normal a user needs: enrol k target-domain "
                        "normal test clips into a reference-bank model's bank (threshold refitted on the bank only), "
                        "score the rest; AUC and false alarms per k over random draws; writes a report and a plot")
@@ -522,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.func in (cmd_benchmark, cmd_bench, cmd_loadtest, cmd_enroll_curve):  # they import TensorFlow at once
+        if args.func in (cmd_benchmark, cmd_bench, cmd_loadtest, cmd_enroll_curve, cmd_enroll):  # they import TensorFlow at once
             import_tensorflow()
         return args.func(args)
     except USER_ERRORS as exc:

@@ -18,6 +18,11 @@ Imports TensorFlow.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +31,10 @@ from tensorflow.python.eager import context, wrap_function
 from tensorflow.python.framework import function_def_to_graph
 
 from .detectors.backends import ReferenceBank, build_bank
+from .familiarity import OUTPUT_NAME as FAMILIARITY_OUTPUT
+from .familiarity import familiarity_features, nearest_distance
 from .layout import resolve_version_dir
-from .metadata import SERVING_SIGNATURE, WAVEFORM_INPUT_NAME, ModelMetadata
+from .metadata import METADATA_SIGNATURE, SERVING_SIGNATURE, WAVEFORM_INPUT_NAME, ModelMetadata
 from .scoring import fit_gamma_threshold
 
 #: The op of the served graph whose output is the clip embedding the bank is searched with
@@ -72,7 +79,7 @@ class EmbeddingModel:
                 f"{self.version_dir}: a {self.metadata.detector} model (backend {backend}) has no reference bank of "
                 "clips to enrol into; enrolment needs a multispec_scac version with the knn backend")
         self._loaded = tf.saved_model.load(str(self.version_dir))
-        self._embed, self._handles = _embedding_function(self._loaded, int(self.metadata.input_samples))
+        self._embed, self._handles, self._concrete = _embedding_function(self._loaded, int(self.metadata.input_samples))
 
     def __call__(self, waveforms: np.ndarray, batch: int = 16) -> np.ndarray:
         """Embeddings ``(n, dim)`` float32, unit length, of model inputs ``(n,
@@ -88,9 +95,10 @@ class EmbeddingModel:
 
 
 def _embedding_function(loaded, input_samples: int):
-    """``(function, resource handles)``: the exported serving function pruned to its
-    ``l2_normalize`` output, to be called with a batch of waveforms and the version's
-    variable handles.
+    """``(function, handles, concrete function)``: the exported serving function pruned to
+    its ``l2_normalize`` output, to be called with a batch of waveforms and the captured
+    inputs of the serving function (variable handles and constants), and the serving
+    function whose variables those handles are.
 
     The SavedModel keeps the exported serving function as the ``serving_default``
     attribute (``keras.export.ExportArchive.add_endpoint``); its graph is one
@@ -116,7 +124,7 @@ def _embedding_function(loaded, input_samples: int):
         raise EnrolmentError("the served graph's call takes computed inputs besides the waveform") from None
     embedding = inner.get_operation_by_name(EMBEDDING_OP).outputs[0]
     wrapped = wrap_function.WrappedFunction(inner, variable_holder=wrap_function.VariableHolder(share_variables=True))
-    return wrapped.prune(feeds=list(inner.inputs), fetches=[embedding]), handles
+    return wrapped.prune(feeds=list(inner.inputs), fetches=[embedding]), handles, concrete
 
 
 def enrolled_bank(train_embeddings: np.ndarray, train_domains: np.ndarray, enrolled: np.ndarray,
@@ -187,3 +195,173 @@ def leave_one_out_scores(bank: ReferenceBank, rows: np.ndarray) -> np.ndarray:
     distance = 1.0 - bank.refs[rows] @ bank.refs.T
     distance[np.arange(len(rows)), rows] = np.inf
     return distance.min(axis=1).astype(np.float64)
+
+
+# -- asd enroll: a new version with enrolled clips ----------------------------------------
+
+
+def pcm_sha256(samples: np.ndarray) -> str:
+    """SHA-256 of a clip's samples as the model takes them (float32, mono, model rate):
+    the same recording gives the same hash whatever file it came in."""
+    return hashlib.sha256(np.ascontiguousarray(samples, dtype=np.float32).tobytes()).hexdigest()
+
+
+class _EnrolledModule(tf.Module):
+    """The base version's graph plus the enrolled clips: ``serving_default`` is the
+    base's, with each score the minimum of the base score and the cosine distance to the
+    nearest enrolled clip (the k-NN bank's rule: the nearest of all references), and the
+    unfamiliarity the minimum of the base's and the distance to the nearest enrolled
+    clip's familiarity summary (:mod:`asd.familiarity`)."""
+
+    def __init__(self, model: EmbeddingModel, enrolled: np.ndarray, summaries: np.ndarray, metadata: ModelMetadata):
+        super().__init__()
+        by_handle = {id(v.handle): v for v in model._concrete.variables}
+        self._args = [by_handle.get(id(h)) for h in model._handles]  # a variable, or None for a captured constant
+        self.tracked_variables = [v for v in self._args if v is not None]
+        self.captured_constants = [tf.constant(h.numpy()) for h, v in zip(model._handles, self._args) if v is None]
+        self.base = model._loaded
+        self.enrolled = tf.constant(np.ascontiguousarray(enrolled.T, dtype=np.float32))  # (dim, k)
+        self.summaries = tf.constant(np.asarray(summaries, dtype=np.float32))  # (k, 2 * n_mels)
+        self._embed = model._embed
+        self._sample_rate = metadata.features.sample_rate
+        spec = tf.TensorSpec([None, int(metadata.input_samples)], tf.float32, name=WAVEFORM_INPUT_NAME)
+        self.serve = tf.function(self._serve, input_signature=[spec])
+
+    def _serve(self, waveform):
+        constants = iter(self.captured_constants)
+        args = [v.handle if v is not None else next(constants) for v in self._args]
+        embedding = self._embed(waveform, *args)[0]
+        base = self.base.serving_default(waveform)
+        score = tf.minimum(base["patch_error"], tf.reduce_min(1.0 - tf.matmul(embedding, self.enrolled), axis=1))
+        unfamiliarity = tf.minimum(base[FAMILIARITY_OUTPUT],
+                                   nearest_distance(familiarity_features(waveform, self._sample_rate), self.summaries))
+        return {"patch_error": score, "frame_error": score[:, None], FAMILIARITY_OUTPUT: unfamiliarity}
+
+
+def enroll(models_dir: str | Path, name: str, clips: list[str | Path], domain: str, base_version: int | None = None,
+           out_dir: str | Path | None = None, force: bool = False, log=print) -> Path:
+    """Write a new version of model ``name``: the base version with ``clips`` enrolled as
+    normal recordings of ``domain`` (issue 15). Seconds, not a training run.
+
+    - Same network, same weights (the base graph itself, with its variables); the enrolled
+      clips' embeddings join the reference bank, their familiarity summaries the
+      unfamiliar references. Scores of clips nearer to a training clip than to every
+      enrolled clip are exactly the base version's.
+    - The decision and unfamiliar thresholds stay the base version's (see
+      :func:`bank_threshold` for why a refit is worse).
+    - The metadata records the base version, the domain, and each clip's name and
+      :func:`pcm_sha256`; warm-up requests are written as for any export.
+    - Never overwrites a version: written to a hidden temporary folder beside the
+      versions (TF Serving ignores names that are not numbers), then renamed to the next
+      free version number; if another enrolment took that number first, the next one.
+
+    Parameters
+    ----------
+    models_dir : str or Path
+        Models directory (``<models>/<name>/<version>``) holding the base version.
+    clips : list of paths
+        WAV/FLAC recordings of the machine as it runs now, normal.
+    domain : str
+        Their domain label: ``target``, or a new label (e.g. ``line-3-mic-b``).
+    base_version : int, optional
+        Default: the latest.
+    out_dir : str or Path, optional
+        Models directory the new version goes to (default ``models_dir``).
+    force : bool
+        Enrol clips the base version calls anomalous or unfamiliar (refused otherwise).
+
+    Returns
+    -------
+    Path
+        The new version's directory.
+
+    Raises
+    ------
+    EnrolmentError
+        No clips, clips that cannot be used (unreadable, silent, too short: all listed),
+        or flagged clips without ``force``; a base version without a reference bank.
+    """
+    from .audio import AudioError, load_audio
+    from .features import ClipTooShortError
+    from .inference import MAX_CLIP_SECONDS, model_input
+    from .scoring import ANOMALOUS, UNFAMILIAR, verdict
+    from .warmup import write_warmup_requests
+
+    if not clips:
+        raise EnrolmentError("no clips to enrol: give the recordings of the machine as it runs now")
+    if not domain or not domain.replace("-", "").replace("_", "").isalnum():
+        raise EnrolmentError(f"domain label {domain!r}: use letters, digits, '-' or '_' (e.g. target, line-3-mic-b)")
+    model = EmbeddingModel(models_dir, name, base_version)
+    meta = model.metadata
+    inputs, records, problems = [], [], []
+    for path in map(Path, clips):
+        try:
+            clip = load_audio(path, meta.features.sample_rate, name=path.name, max_seconds=MAX_CLIP_SECONDS)
+            inputs.append(model_input(clip.samples, meta, meta.features, display=False)[1][0])
+            records.append({"name": path.name, "pcm_sha256": pcm_sha256(clip.samples), "notes": list(clip.notes)})
+        except (AudioError, ClipTooShortError, OSError) as exc:
+            problems.append(str(exc) if isinstance(exc, AudioError) else f"{path.name}: {getattr(exc, 'strerror', None) or exc}")
+    if problems:
+        raise EnrolmentError("cannot enrol: " + "; ".join(problems))
+    waveforms = np.stack(inputs).astype(np.float32)
+    base_out = model.serve(waveforms)
+    flagged = []
+    for record, score, unfamiliarity in zip(records, base_out["patch_error"], base_out[FAMILIARITY_OUTPUT]):
+        said = verdict(float(score), meta.threshold_value, float(unfamiliarity), meta.unfamiliar_threshold)
+        record.update(base_score=float(score), base_verdict=said)
+        if said in (ANOMALOUS, UNFAMILIAR):
+            flagged.append(f"{record['name']} ({said} under v{meta.version})")
+    if flagged and not force:
+        raise EnrolmentError(f"{len(flagged)} clip(s) already score as faulty or foreign: {', '.join(flagged)}; "
+                             "remove them, or add --force if you are sure the machine is healthy")
+    summaries = familiarity_features(tf.constant(waveforms), meta.features.sample_rate).numpy()
+    module = _EnrolledModule(model, model(waveforms), summaries, meta)
+
+    target_root = Path(out_dir or model.version_dir.parent.parent) / name
+    target_root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".enrolling-", dir=target_root))
+    try:
+        new_meta = ModelMetadata.from_dict({**meta.to_dict(), "version": 0})
+        new_meta.enrolment = {
+            "base_version": meta.version, "domain": domain, "clips": records, "n_clips": len(records),
+            "threshold_rule": "base (the base version's decision and unfamiliar thresholds; asd.enrolment.bank_threshold)",
+            "base_enrolment": meta.enrolment, "enrolled_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        if new_meta.unfamiliar:
+            new_meta.unfamiliar = {**new_meta.unfamiliar,
+                                   "n_references": int(new_meta.unfamiliar.get("n_references", 0)) + len(records)}
+        version_dir = _publish(module, new_meta, tmp, target_root, model.version_dir, write_warmup_requests)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f"enrolled {len(records)} clip(s) of domain '{domain}' into {name} v{meta.version}: new version "
+        f"{version_dir.name} at {version_dir}" + (f" (forced: {', '.join(flagged)})" if flagged else ""))
+    return version_dir
+
+
+def _publish(module: _EnrolledModule, metadata: ModelMetadata, tmp: Path, root: Path, base_dir: Path,
+             write_warmup_requests) -> Path:
+    """Save into ``tmp``, then rename it to the next free version number under ``root``
+    (retrying with the next number while another writer takes it)."""
+    from .export import _metadata_function
+    from .layout import next_version
+
+    for _ in range(100):
+        version = next_version(root)
+        metadata.version = version
+        staged = tmp / "version"
+        shutil.rmtree(staged, ignore_errors=True)
+        tf.saved_model.save(module, str(staged), signatures={
+            SERVING_SIGNATURE: module.serve, METADATA_SIGNATURE: _metadata_function(metadata)})
+        metadata.write(staged)
+        band_profiles = base_dir / "assets.extra" / "band_profiles.npz"
+        if band_profiles.is_file():  # the explanation plot's training clips (the enrolled ones are not in it)
+            shutil.copy2(band_profiles, staged / "assets.extra" / band_profiles.name)
+        write_warmup_requests(staged, metadata)
+        final = root / str(version)
+        try:
+            os.rename(staged, final)  # atomic; fails if another enrolment created this version first
+            return final
+        except OSError:
+            if not final.exists():
+                raise
+    raise EnrolmentError(f"could not find a free version number under {root}")

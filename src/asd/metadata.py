@@ -80,6 +80,10 @@ class ModelMetadata:
         Frame-level models: the per-frame error (``value``) above which the app marks a
         frame, and how it was fitted (:func:`asd.explanations.fit_frame_threshold`); None
         for whole-clip models and models exported before it (the app marks no frames).
+    enrolment : dict or None
+        A version made by ``asd enroll`` from another (:func:`asd.enrolment.enroll`): the
+        base version, the enrolled clips' domain, and each clip's name and PCM hash;
+        None for a trained version.
     """
 
     name: str
@@ -97,6 +101,7 @@ class ModelMetadata:
     input_samples: int | None = None
     unfamiliar: dict | None = None
     frame_threshold: dict | None = None
+    enrolment: dict | None = None
     format: str = FORMAT
 
     @property
@@ -124,6 +129,7 @@ class ModelMetadata:
             "threshold": self.threshold,
             **({"unfamiliar": self.unfamiliar} if self.unfamiliar else {}),
             **({"frame_threshold": self.frame_threshold} if self.frame_threshold else {}),
+            **({"enrolment": self.enrolment} if self.enrolment else {}),
             "score_unit": self.score_unit,
             "signature": {
                 "name": SERVING_SIGNATURE,
@@ -174,6 +180,7 @@ class ModelMetadata:
                 input_samples=int(signature["input_shape"][1]) if signature.get("input") == WAVEFORM_INPUT_NAME else None,
                 unfamiliar=values.get("unfamiliar"),
                 frame_threshold=values.get("frame_threshold"),
+                enrolment=values.get("enrolment"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelMismatchError(f"model metadata is incomplete or invalid: {exc}") from None
