@@ -262,3 +262,41 @@ def test_a_hung_server_is_reported_within_seconds(browser, hung_server_app_url):
     expect(page.get_by_role("button", name="Try again")).to_be_visible()
     _shot(page, "6_hung_server")
     context.close()
+
+
+@pytest.fixture(scope="module")
+def calibrate_app(tmp_path_factory):
+    """The in-process app over a writable copy of shipped v4 (the Calibrate page publishes there)."""
+    models = tmp_path_factory.mktemp("calibrate_models")
+    shutil.copytree(SHIPPED_MODELS / "toycar" / "4", models / "toycar" / "4")
+    env = {**_base_env(), "ASD_MODEL_DIR": str(models)}
+    app, url = _start_app(env, tmp_path_factory.mktemp("browser_logs_calibrate") / "app.log")
+    yield url, models
+    stop_process(app)
+
+
+def test_the_calibrate_page_publishes_a_version_the_picker_shows(browser, calibrate_app):
+    """Three normal recordings uploaded, scored under v4, published as v5 (issue 15); the
+    Check page's picker then offers v5 with its base and clip count."""
+    from .conftest import SUBSET
+
+    url, models = calibrate_app
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(STARTUP_S * 1000)
+    page.goto(f"{url}/Calibrate")
+    page.get_by_text("Normal recordings of the machine as it runs now").wait_for()
+    target_normals = sorted((SUBSET / "test").glob("*target_test_normal*.flac"))
+    _upload(page, SAMPLE_NORMAL, *target_normals)
+    page.get_by_text("How toycar v4 scores them").wait_for()
+    _shot(page, "7_calibrate_scored")
+    page.get_by_role("button", name=re.compile(r"Publish a new version with 3 recording")).click()
+    page.get_by_text("Published toycar v5").wait_for()
+    _shot(page, "8_calibrate_published")
+    assert (models / "toycar" / "5" / "saved_model.pb").is_file()
+    page.goto(url)
+    page.get_by_role("combobox", name="Model served").wait_for()  # in-process: no server status to wait for
+    page.locator('[data-testid="stSelectbox"]').first.click()
+    expect(page.get_by_role("option", name=re.compile(r"toycar v5 .*3 clips of 'target' enrolled into v4"))).to_have_count(1)
+    _shot(page, "9_picker_with_the_enrolled_version")
+    context.close()

@@ -179,7 +179,8 @@ def test_enroll_writes_a_new_version_that_differs_only_in_bank_and_metadata(mode
     assert enrolled.threshold == base.threshold and enrolled.features == base.features
     assert enrolled.unfamiliar["threshold"] == base.unfamiliar["threshold"]
     assert enrolled.unfamiliar["n_references"] == base.unfamiliar["n_references"] + 1
-    assert enrolled.training == base.training and enrolled.evaluation == base.evaluation
+    assert enrolled.training == base.training
+    assert enrolled.evaluation == {**base.evaluation, "measured_on": "base version 4, before enrolment"}
     others = sorted((SUBSET / "test").glob("*.flac"))
     before, _ = _scores(models_copy, 4, others)
     after, detector = _scores(models_copy, 5, others)

@@ -327,6 +327,8 @@ def enroll(models_dir: str | Path, name: str, clips: list[str | Path], domain: s
             "threshold_rule": "base (the base version's decision and unfamiliar thresholds; asd.enrolment.bank_threshold)",
             "base_enrolment": meta.enrolment, "enrolled_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+        if new_meta.evaluation:  # not measured again: the base version's figures, said so
+            new_meta.evaluation = {**new_meta.evaluation, "measured_on": f"base version {meta.version}, before enrolment"}
         if new_meta.unfamiliar:
             new_meta.unfamiliar = {**new_meta.unfamiliar,
                                    "n_references": int(new_meta.unfamiliar.get("n_references", 0)) + len(records)}

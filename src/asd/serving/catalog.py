@@ -67,6 +67,9 @@ class ModelChoice:
         of AUC-source, AUC-target and pAUC, :mod:`asd.metrics`); None if not evaluated.
     recommended : bool
         Set by :func:`recommend`.
+    enrolled : str
+        For a version made by ``asd enroll``: what it adds to its base, e.g. ``3 clips of
+        'target' enrolled into v4``; empty otherwise.
     """
 
     name: str
@@ -75,13 +78,15 @@ class ModelChoice:
     detector: str = ""
     official_score: float | None = None
     recommended: bool = False
+    enrolled: str = ""
 
     @property
     def label(self) -> str:
         """``toycar v4 (latest, recommended): whole-clip spectrum embeddings + ...``."""
         marks = [m for m, on in (("latest", self.latest), ("recommended", self.recommended)) if on]
         kind = f": {detector_in_words(self.detector)}" if self.detector else ""
-        return f"{self.name} v{self.version}" + (f" ({', '.join(marks)})" if marks else "") + kind
+        extra = f"; {self.enrolled}" if self.enrolled else ""
+        return f"{self.name} v{self.version}" + (f" ({', '.join(marks)})" if marks else "") + kind + extra
 
     @classmethod
     def from_metadata(cls, name: str, version: int, latest: bool, metadata: ModelMetadata | None) -> "ModelChoice":
@@ -89,7 +94,11 @@ class ModelChoice:
         if metadata is None:
             return cls(name, version, latest)
         score = (metadata.evaluation or {}).get("official_score")
-        return cls(name, version, latest, metadata.detector, float(score) if score is not None else None)
+        enrolment = metadata.enrolment or {}
+        enrolled = (f"{enrolment.get('n_clips')} clips of '{enrolment.get('domain')}' enrolled into "
+                    f"v{enrolment.get('base_version')}") if enrolment else ""
+        return cls(name, version, latest, metadata.detector, float(score) if score is not None else None,
+                   enrolled=enrolled)
 
 
 def recommend(choices: list[ModelChoice]) -> tuple[list[ModelChoice], str | None]:
