@@ -37,6 +37,9 @@ from .layout import resolve_version_dir
 from .metadata import METADATA_SIGNATURE, SERVING_SIGNATURE, WAVEFORM_INPUT_NAME, ModelMetadata
 from .scoring import fit_gamma_threshold
 
+#: Backends whose score is the plain nearest cosine distance over all references (divisors
+#: 1: asd.detectors.backends), so an enrolled clip is one more reference.
+ENROLLABLE_BACKENDS = ("knn", "knn_smote", "kmeans")
 #: The op of the served graph whose output is the clip embedding the bank is searched with
 #: (``tf.nn.l2_normalize`` in :meth:`asd.detectors.multispec.MultiSpecAdaCosDetector.build_serving_function`).
 EMBEDDING_OP = "l2_normalize"
@@ -73,11 +76,20 @@ class EmbeddingModel:
     def __init__(self, version_dir: str | Path, name: str | None = None, version: int | None = None):
         self.version_dir = Path(resolve_version_dir(version_dir, name, version))
         self.metadata = ModelMetadata.read(self.version_dir)
-        backend = ((self.metadata.training.get("config") or {}).get("model") or {}).get("backend")
-        if self.metadata.input != WAVEFORM_INPUT_NAME or self.metadata.detector != "multispec_scac" or backend != "knn":
+        settings = (self.metadata.training.get("config") or {}).get("model") or {}
+        self.backend = settings.get("backend")
+        if self.metadata.input != WAVEFORM_INPUT_NAME or self.metadata.detector != "multispec_scac":
             raise EnrolmentError(
-                f"{self.version_dir}: a {self.metadata.detector} model (backend {backend}) has no reference bank of "
-                "clips to enrol into; enrolment needs a multispec_scac version with the knn backend")
+                f"{self.version_dir}: a {self.metadata.detector} model has no reference bank of clips to enrol into; "
+                "enrolment needs a multispec_scac version (backend knn, knn_smote or kmeans)")
+        if self.backend not in ENROLLABLE_BACKENDS:
+            raise EnrolmentError(
+                f"{self.version_dir}: the {self.backend} backend weighs each reference by its neighbours' density, "
+                "which an enrolled clip would change; enrolment needs backend knn, knn_smote or kmeans")
+        if int(settings.get("n_models", 1)) != 1:
+            raise EnrolmentError(
+                f"{self.version_dir}: an ensemble of {settings.get('n_models')} networks averages their nearest "
+                "distances, which the served graph does not give apart; enrolment needs n_models: 1")
         self._loaded = tf.saved_model.load(str(self.version_dir))
         self._embed, self._handles, self._concrete = _embedding_function(self._loaded, int(self.metadata.input_samples))
 

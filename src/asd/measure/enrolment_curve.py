@@ -24,7 +24,7 @@ import numpy as np
 
 from ..audio import load_audio
 from ..data import list_clips
-from ..enrolment import EmbeddingModel, bank_threshold, enrolled_bank
+from ..enrolment import EmbeddingModel, EnrolmentError, bank_threshold, enrolled_bank
 from ..inference import MAX_CLIP_SECONDS, model_input
 from ..metrics import evaluate_scores
 
@@ -82,6 +82,9 @@ def run_enrolment_curve(models: str | Path, data: str | Path, out: str | Path, n
     started = time.monotonic()
     model = EmbeddingModel(models, name, version)
     meta = model.metadata
+    if model.backend != "knn":
+        raise EnrolmentError(f"the curve rebuilds the version's bank as a k-NN bank of its training clips; "
+                             f"a {model.backend} version's bank is another (train one with backend knn to measure)")
     data = Path(data)
     train = list_clips(data / "train")
     test = list_clips(data / "test")
