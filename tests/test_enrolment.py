@@ -298,3 +298,23 @@ def test_backends_that_weigh_references_and_ensembles_are_refused_clearly(tmp_pa
         (copy / "saved_model.pb").write_bytes(b"")  # listed as a version; refused before it is loaded
         with pytest.raises(EnrolmentError, match=message):
             EmbeddingModel(copy)
+
+
+def test_a_version_enrolled_before_takes_more_clips_and_keeps_its_own(models_copy):
+    """v4 -> v5 (one clip) -> v6 (another, another domain): v6 is v4's network with both
+    clips in its bank; the picker says what each added."""
+    from asd.enrolment import enroll
+    from asd.metadata import ModelMetadata
+    from asd.serving.catalog import ModelChoice
+
+    v5 = enroll(models_copy, "toycar", TARGET_NORMALS[:1], "target", log=lambda *_: None)
+    v6 = enroll(models_copy, "toycar", TARGET_NORMALS[1:2], "line-3", base_version=5, log=lambda *_: None)
+    meta = ModelMetadata.read(v6)
+    assert meta.enrolment["base_version"] == 5 and meta.enrolment["root_version"] == 4
+    assert meta.enrolment["n_clips"] == 1 and meta.enrolment["n_clips_in_bank"] == 2
+    assert meta.enrolment["base_enrolment"]["domain"] == "target"
+    scores, _ = _scores(models_copy, 6, TARGET_NORMALS)
+    assert (scores < 1e-5).all()  # both enrolled recordings are normal to v6
+    label = ModelChoice.from_metadata("toycar", 6, True, meta).label
+    assert label.endswith("; 1 clip of 'line-3' enrolled into v5"), label
+    assert v5.name == "5" and v6.name == "6"

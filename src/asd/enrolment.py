@@ -67,8 +67,9 @@ class EmbeddingModel:
     Raises
     ------
     EnrolmentError
-        The version takes log-mel patches, scores with another backend than ``knn``, or
-        its ``serving_default`` has no ``l2_normalize`` embedding.
+        The version takes log-mel patches, scores with a backend other than those of
+        :data:`ENROLLABLE_BACKENDS`, is an ensemble, or its ``serving_default`` has no
+        ``l2_normalize`` embedding.
     asd.layout.ModelNotFoundError
         No such version.
     """
@@ -303,8 +304,17 @@ def enroll(models_dir: str | Path, name: str, clips: list[str | Path], domain: s
         raise EnrolmentError("no clips to enrol: give the recordings of the machine as it runs now")
     if not domain or not domain.replace("-", "").replace("_", "").isalnum():
         raise EnrolmentError(f"domain label {domain!r}: use letters, digits, '-' or '_' (e.g. target, line-3-mic-b)")
-    model = EmbeddingModel(models_dir, name, base_version)
-    meta = model.metadata
+    base_dir = Path(resolve_version_dir(models_dir, name, base_version))
+    meta = ModelMetadata.read(base_dir)
+    # a version enrolled before: its network is its root version's, its enrolled clips are in
+    # its assets.extra (the new version keeps them and adds the new ones)
+    root_version = int((meta.enrolment or {}).get("root_version", meta.version))
+    previous = _read_enrolled(base_dir) if meta.enrolment else None
+    root_dir = base_dir.parent / str(root_version)
+    if not root_dir.is_dir():
+        raise EnrolmentError(f"{name} v{meta.version} was enrolled into v{root_version}, which is gone from "
+                             f"{base_dir.parent}; enrol into another version")
+    model = EmbeddingModel(root_dir)
     inputs, records, problems = [], [], []
     for path in map(Path, clips):
         try:
@@ -317,6 +327,12 @@ def enroll(models_dir: str | Path, name: str, clips: list[str | Path], domain: s
         raise EnrolmentError("cannot enrol: " + "; ".join(problems))
     waveforms = np.stack(inputs).astype(np.float32)
     base_out = model.serve(waveforms)
+    embeddings = model(waveforms)
+    summaries = familiarity_features(tf.constant(waveforms), meta.features.sample_rate).numpy()
+    if previous is not None:  # the base version's own answers: its root's, with its enrolled clips beside them
+        base_out["patch_error"] = np.minimum(base_out["patch_error"], (1.0 - embeddings @ previous["embeddings"].T).min(axis=1))
+        base_out[FAMILIARITY_OUTPUT] = np.minimum(base_out[FAMILIARITY_OUTPUT], nearest_distance(
+            tf.constant(summaries), tf.constant(previous["summaries"])).numpy())
     flagged = []
     for record, score, unfamiliarity in zip(records, base_out["patch_error"], base_out[FAMILIARITY_OUTPUT]):
         said = verdict(float(score), meta.threshold_value, float(unfamiliarity), meta.unfamiliar_threshold)
@@ -326,8 +342,11 @@ def enroll(models_dir: str | Path, name: str, clips: list[str | Path], domain: s
     if flagged and not force:
         raise EnrolmentError(f"{len(flagged)} clip(s) already score as faulty or foreign: {', '.join(flagged)}; "
                              "remove them, or add --force if you are sure the machine is healthy")
-    summaries = familiarity_features(tf.constant(waveforms), meta.features.sample_rate).numpy()
-    module = _EnrolledModule(model, model(waveforms), summaries, meta)
+    enrolled = {"embeddings": embeddings, "summaries": summaries, "names": np.array([r["name"] for r in records]),
+                "domains": np.array([domain] * len(records))}
+    if previous is not None:
+        enrolled = {key: np.concatenate([previous[key], value]) for key, value in enrolled.items()}
+    module = _EnrolledModule(model, enrolled["embeddings"], enrolled["summaries"], meta)
 
     target_root = Path(out_dir or model.version_dir.parent.parent) / name
     target_root.mkdir(parents=True, exist_ok=True)
@@ -335,7 +354,8 @@ def enroll(models_dir: str | Path, name: str, clips: list[str | Path], domain: s
     try:
         new_meta = ModelMetadata.from_dict({**meta.to_dict(), "version": 0})
         new_meta.enrolment = {
-            "base_version": meta.version, "domain": domain, "clips": records, "n_clips": len(records),
+            "base_version": meta.version, "root_version": root_version, "domain": domain, "clips": records,
+            "n_clips": len(records), "n_clips_in_bank": int(len(enrolled["names"])),
             "threshold_rule": "base (the base version's decision and unfamiliar thresholds; asd.enrolment.bank_threshold)",
             "base_enrolment": meta.enrolment, "enrolled_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
@@ -344,7 +364,7 @@ def enroll(models_dir: str | Path, name: str, clips: list[str | Path], domain: s
         if new_meta.unfamiliar:
             new_meta.unfamiliar = {**new_meta.unfamiliar,
                                    "n_references": int(new_meta.unfamiliar.get("n_references", 0)) + len(records)}
-        version_dir = _publish(module, new_meta, tmp, target_root, model.version_dir, write_warmup_requests)
+        version_dir = _publish(module, new_meta, tmp, target_root, model.version_dir, write_warmup_requests, enrolled)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log(f"enrolled {len(records)} clip(s) of domain '{domain}' into {name} v{meta.version}: new version "
@@ -352,8 +372,27 @@ def enroll(models_dir: str | Path, name: str, clips: list[str | Path], domain: s
     return version_dir
 
 
+ENROLLED_FILE = "assets.extra/enrolled.npz"
+
+
+def _read_enrolled(version_dir: Path) -> dict[str, np.ndarray]:
+    """An enrolled version's clips: embeddings ``(k, dim)``, familiarity summaries ``(k,
+    2 * n_mels)``, names and domains ``(k,)``.
+
+    Raises
+    ------
+    EnrolmentError
+        The file is missing or unreadable.
+    """
+    try:
+        with np.load(version_dir / ENROLLED_FILE, allow_pickle=False) as stored:
+            return {key: stored[key] for key in ("embeddings", "summaries", "names", "domains")}
+    except (OSError, KeyError, ValueError) as exc:
+        raise EnrolmentError(f"{version_dir}: its enrolled clips ({ENROLLED_FILE}) cannot be read: {exc}") from None
+
+
 def _publish(module: _EnrolledModule, metadata: ModelMetadata, tmp: Path, root: Path, base_dir: Path,
-             write_warmup_requests) -> Path:
+             write_warmup_requests, enrolled: dict[str, np.ndarray]) -> Path:
     """Save into ``tmp``, then rename it to the next free version number under ``root``
     (retrying with the next number while another writer takes it)."""
     from .export import _metadata_function
@@ -371,6 +410,7 @@ def _publish(module: _EnrolledModule, metadata: ModelMetadata, tmp: Path, root: 
         if band_profiles.is_file():  # the explanation plot's training clips (the enrolled ones are not in it)
             shutil.copy2(band_profiles, staged / "assets.extra" / band_profiles.name)
         write_warmup_requests(staged, metadata)
+        np.savez(staged / ENROLLED_FILE, **enrolled)  # what a later enrolment into this version builds on
         final = root / str(version)
         try:
             os.rename(staged, final)  # atomic; fails if another enrolment created this version first

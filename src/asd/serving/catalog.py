@@ -95,7 +95,8 @@ class ModelChoice:
             return cls(name, version, latest)
         score = (metadata.evaluation or {}).get("official_score")
         enrolment = metadata.enrolment or {}
-        enrolled = (f"{enrolment.get('n_clips')} clips of '{enrolment.get('domain')}' enrolled into "
+        n = enrolment.get("n_clips")
+        enrolled = (f"{n} clip{'' if n == 1 else 's'} of '{enrolment.get('domain')}' enrolled into "
                     f"v{enrolment.get('base_version')}") if enrolment else ""
         return cls(name, version, latest, metadata.detector, float(score) if score is not None else None,
                    enrolled=enrolled)
