@@ -318,3 +318,26 @@ def test_a_version_enrolled_before_takes_more_clips_and_keeps_its_own(models_cop
     label = ModelChoice.from_metadata("toycar", 6, True, meta).label
     assert label.endswith("; 1 clip of 'line-3' enrolled into v5"), label
     assert v5.name == "5" and v6.name == "6"
+
+
+def test_the_refit_rules_write_the_threshold_the_curve_measures(models_copy):
+    """--threshold-rule refit_all: the version's rule on the training clips (the knn bank)
+    and the enrolled ones, each left out of its own score: the same value as the curve's
+    bank_threshold gives from embeddings of the 805 training clips (benchmarks/enrolment)."""
+    from asd.enrolment import EmbeddingModel, bank_threshold, enroll, enrolled_bank
+    from asd.measure.enrolment_curve import _model_inputs
+    from asd.metadata import ModelMetadata
+
+    new = enroll(models_copy, "toycar", TARGET_NORMALS, "target", threshold_rule="refit_all", log=lambda *_: None)
+    meta = ModelMetadata.read(new)
+    assert meta.threshold["refitted"] == "refit_all" and meta.enrolment["threshold_rule"].startswith("refit_all")
+    data = full_data_or_skip()
+    from asd.data import list_clips
+
+    model = EmbeddingModel(models_copy, "toycar", 4)
+    train = list_clips(data / "train")
+    bank = enrolled_bank(model(_model_inputs(model, [c.path for c in train])),
+                         np.array([c.domain for c in train], dtype=object),
+                         model(_model_inputs(model, TARGET_NORMALS)), "target")
+    assert meta.threshold["value"] == pytest.approx(bank_threshold(bank, model.metadata, len(train), "refit_all"), rel=1e-4)
+    assert meta.threshold["value"] != model.metadata.threshold["value"]

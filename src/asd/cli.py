@@ -265,7 +265,8 @@ def cmd_enroll(args) -> int:
     from .enrolment import enroll
 
     version_dir = enroll(args.model, args.name, args.clips, args.domain, base_version=args.model_version,
-                         out_dir=args.models_dir, force=args.force, log=lambda line: print(line, file=sys.stderr))
+                         out_dir=args.models_dir, force=args.force, threshold_rule=args.threshold_rule,
+                         log=lambda line: print(line, file=sys.stderr))
     print(version_dir)
     return 0
 
@@ -459,6 +460,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models-dir", metavar="DIR", help="write the new version here (default: --model's directory)")
     p.add_argument("--force", action="store_true",
                    help="also enrol clips the base version calls anomalous or unfamiliar (refused otherwise)")
+    p.add_argument("--threshold-rule", choices=("base", "refit_all", "refit_training"), default="base",
+                   help="the new version's decision threshold: the base version's (default; refits raise false "
+                        "alarms in the other domains, benchmarks/enrolment), or refitted on the training and "
+                        "enrolled clips left out one at a time (refit_all) or on the training clips only")
     p.set_defaults(func=cmd_enroll)
 
     p = sub.add_parser("enroll-curve", help="how many recordings of a new normal a user needs: enrol k target-domain "

@@ -79,6 +79,11 @@ class EmbeddingModel:
         self.metadata = ModelMetadata.read(self.version_dir)
         settings = (self.metadata.training.get("config") or {}).get("model") or {}
         self.backend = settings.get("backend")
+        if self.metadata.detector in ("spectrum_adacos", "arcface"):
+            raise EnrolmentError(
+                f"{self.version_dir}: a {self.metadata.detector} model's reference banks (one per domain and "
+                "network) are not read by this enrolment, which reads multispec_scac graphs; train a multispec_scac "
+                "version to enrol into")
         if self.metadata.input != WAVEFORM_INPUT_NAME or self.metadata.detector != "multispec_scac":
             raise EnrolmentError(
                 f"{self.version_dir}: a {self.metadata.detector} model has no reference bank of clips to enrol into; "
@@ -252,7 +257,7 @@ class _EnrolledModule(tf.Module):
 
 
 def enroll(models_dir: str | Path, name: str, clips: list[str | Path], domain: str, base_version: int | None = None,
-           out_dir: str | Path | None = None, force: bool = False, log=print) -> Path:
+           out_dir: str | Path | None = None, force: bool = False, threshold_rule: str = "base", log=print) -> Path:
     """Write a new version of model ``name``: the base version with ``clips`` enrolled as
     normal recordings of ``domain`` (issue 15). Seconds, not a training run.
 
@@ -282,6 +287,10 @@ def enroll(models_dir: str | Path, name: str, clips: list[str | Path], domain: s
         Models directory the new version goes to (default ``models_dir``).
     force : bool
         Enrol clips the base version calls anomalous or unfamiliar (refused otherwise).
+    threshold_rule : str
+        ``"base"`` (default: the base version's decision threshold), ``"refit_all"`` or
+        ``"refit_training"`` (:func:`bank_threshold`; the knn backend only, whose
+        references are the training clips). The unfamiliar threshold is the base's.
 
     Returns
     -------
@@ -347,16 +356,26 @@ def enroll(models_dir: str | Path, name: str, clips: list[str | Path], domain: s
     if previous is not None:
         enrolled = {key: np.concatenate([previous[key], value]) for key, value in enrolled.items()}
     module = _EnrolledModule(model, enrolled["embeddings"], enrolled["summaries"], meta)
+    threshold = dict(meta.threshold)
+    if threshold_rule != "base":
+        if model.backend != "knn":
+            raise EnrolmentError(f"--threshold-rule {threshold_rule} refits on the training clips, which only a knn "
+                                 f"bank holds as they are; this version's backend is {model.backend}")
+        training = next(c.numpy().T for c in module.captured_constants if c.shape.rank == 2)  # the bank, (n_train, dim)
+        bank = enrolled_bank(training, np.array(["source"] * len(training), dtype=object), enrolled["embeddings"], domain)
+        threshold.update(value=bank_threshold(bank, meta, len(training), threshold_rule), refitted=threshold_rule,
+                         fitted_on=f"the training clips and {len(enrolled['names'])} enrolled clip(s), leave-one-out "
+                                   f"({threshold_rule}; asd.enrolment.bank_threshold)")
 
     target_root = Path(out_dir or model.version_dir.parent.parent) / name
     target_root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".enrolling-", dir=target_root))
     try:
-        new_meta = ModelMetadata.from_dict({**meta.to_dict(), "version": 0})
+        new_meta = ModelMetadata.from_dict({**meta.to_dict(), "version": 0, "threshold": threshold})
         new_meta.enrolment = {
             "base_version": meta.version, "root_version": root_version, "domain": domain, "clips": records,
             "n_clips": len(records), "n_clips_in_bank": int(len(enrolled["names"])),
-            "threshold_rule": "base (the base version's decision and unfamiliar thresholds; asd.enrolment.bank_threshold)",
+            "threshold_rule": threshold_rule + " (asd.enrolment.bank_threshold; the unfamiliar threshold is the base's)",
             "base_enrolment": meta.enrolment, "enrolled_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         if new_meta.evaluation:  # not measured again: the base version's figures, said so
