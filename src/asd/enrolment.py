@@ -265,8 +265,9 @@ def enroll(models_dir: str | Path, name: str, clips: list[str | Path], domain: s
       clips' embeddings join the reference bank, their familiarity summaries the
       unfamiliar references. Scores of clips nearer to a training clip than to every
       enrolled clip are exactly the base version's.
-    - The decision and unfamiliar thresholds stay the base version's (see
-      :func:`bank_threshold` for why a refit is worse).
+    - The decision threshold stays the base version's unless ``threshold_rule`` says
+      otherwise (see :func:`bank_threshold` for why a refit is worse); the unfamiliar
+      threshold stays the base's.
     - The metadata records the base version, the domain, and each clip's name and
       :func:`pcm_sha256`; warm-up requests are written as for any export.
     - Never overwrites a version: written to a hidden temporary folder beside the
@@ -379,7 +380,8 @@ def enroll(models_dir: str | Path, name: str, clips: list[str | Path], domain: s
             "base_enrolment": meta.enrolment, "enrolled_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         if new_meta.evaluation:  # not measured again: the base version's figures, said so
-            new_meta.evaluation = {**new_meta.evaluation, "measured_on": f"base version {meta.version}, before enrolment"}
+            new_meta.evaluation = {**new_meta.evaluation, "measured_on": new_meta.evaluation.get(
+                "measured_on", f"base version {meta.version}, before enrolment")}
         if new_meta.unfamiliar:
             new_meta.unfamiliar = {**new_meta.unfamiliar,
                                    "n_references": int(new_meta.unfamiliar.get("n_references", 0)) + len(records)}
