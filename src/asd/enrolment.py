@@ -97,7 +97,8 @@ class EmbeddingModel:
                 f"{self.version_dir}: an ensemble of {settings.get('n_models')} networks averages their nearest "
                 "distances, which the served graph does not give apart; enrolment needs n_models: 1")
         self._loaded = tf.saved_model.load(str(self.version_dir))
-        self._embed, self._handles, self._concrete = _embedding_function(self._loaded, int(self.metadata.input_samples))
+        (self._embed, self._serve_with_embedding, self._output_names, self._handles,
+         self._concrete) = _embedding_function(self._loaded, int(self.metadata.input_samples))
 
     def __call__(self, waveforms: np.ndarray, batch: int = 16) -> np.ndarray:
         """Embeddings ``(n, dim)`` float32, unit length, of model inputs ``(n,
@@ -113,17 +114,20 @@ class EmbeddingModel:
 
 
 def _embedding_function(loaded, input_samples: int):
-    """``(function, handles, concrete function)``: the exported serving function pruned to
-    its ``l2_normalize`` output, to be called with a batch of waveforms and the captured
-    inputs of the serving function (variable handles and constants), and the serving
-    function whose variables those handles are.
+    """``(embed, serve_with_embedding, output names, handles, concrete function)``.
+
+    ``embed`` is the exported serving function pruned to its ``l2_normalize`` output;
+    ``serve_with_embedding`` the same function giving that embedding first, then its own
+    outputs (``output names``, in that order), each op run once. Both are called with a
+    batch of waveforms and ``handles``, the captured inputs of the serving function
+    (variable handles and constants) of ``concrete``, whose variables those are.
 
     The SavedModel keeps the exported serving function as the ``serving_default``
     attribute (``keras.export.ExportArchive.add_endpoint``); its graph is one
     ``StatefulPartitionedCall`` of the traced function with the waveform and the captured
     variables. That function's graph is rebuilt from its FunctionDef and pruned from its
-    inputs to the embedding, so the result runs the same ops on the same variables as the
-    served score (a test checks the bank's scores against ``serving_default``'s).
+    inputs, so the result runs the same ops on the same variables as the served score (a
+    test checks the bank's scores against ``serving_default``'s).
     """
     endpoint = getattr(loaded, SERVING_SIGNATURE, None)
     if endpoint is None:
@@ -132,17 +136,31 @@ def _embedding_function(loaded, input_samples: int):
     calls = [op for op in concrete.graph.get_operations() if op.type == "StatefulPartitionedCall"]
     if len(calls) != 1:
         raise EnrolmentError(f"the serving function calls {len(calls)} functions; expected one")
-    inner = function_def_to_graph.function_def_to_graph(context.context().get_function_def(calls[0].get_attr("f").name))
+    call = calls[0]
+    inner = function_def_to_graph.function_def_to_graph(context.context().get_function_def(call.get_attr("f").name))
     if EMBEDDING_OP not in {op.name for op in inner.get_operations()}:
         raise EnrolmentError(f"the served graph has no '{EMBEDDING_OP}' embedding: not a reference-bank model")
     captured = {id(internal): external for external, internal in concrete.graph.captures}
     try:
-        handles = [captured[id(t)] for t in list(calls[0].inputs)[1:]]
+        handles = [captured[id(t)] for t in list(call.inputs)[1:]]
     except KeyError:
         raise EnrolmentError("the served graph's call takes computed inputs besides the waveform") from None
+    # each named output of the serving function: an Identity of one of the call's outputs,
+    # which is the inner graph's output of the same index
+    call_outputs = {id(t): i for i, t in enumerate(call.outputs)}
+    names, fetches = [], []
+    for name, tensor in concrete.structured_outputs.items():
+        while id(tensor) not in call_outputs and tensor.op.type == "Identity":
+            tensor = tensor.op.inputs[0]
+        if id(tensor) not in call_outputs:
+            raise EnrolmentError(f"the serving function's output '{name}' is not its call's")
+        names.append(name)
+        fetches.append(inner.outputs[call_outputs[id(tensor)]])
     embedding = inner.get_operation_by_name(EMBEDDING_OP).outputs[0]
     wrapped = wrap_function.WrappedFunction(inner, variable_holder=wrap_function.VariableHolder(share_variables=True))
-    return wrapped.prune(feeds=list(inner.inputs), fetches=[embedding]), handles, concrete
+    embed = wrapped.prune(feeds=list(inner.inputs), fetches=[embedding])
+    serve_with_embedding = wrapped.prune(feeds=list(inner.inputs), fetches=[embedding, *fetches])
+    return embed, serve_with_embedding, names, handles, concrete
 
 
 def enrolled_bank(train_embeddings: np.ndarray, train_domains: np.ndarray, enrolled: np.ndarray,
@@ -225,8 +243,8 @@ def pcm_sha256(samples: np.ndarray) -> str:
 
 
 class _EnrolledModule(tf.Module):
-    """The base version's graph plus the enrolled clips: ``serving_default`` is the
-    base's, with each score the minimum of the base score and the cosine distance to the
+    """The base version's graph plus the enrolled clips: ``serving_default`` runs the
+    base's serving graph once (its embedding and outputs), with each score the minimum of the base score and the cosine distance to the
     nearest enrolled clip (the k-NN bank's rule: the nearest of all references), and the
     unfamiliarity the minimum of the base's and the distance to the nearest enrolled
     clip's familiarity summary (:mod:`asd.familiarity`)."""
@@ -237,10 +255,10 @@ class _EnrolledModule(tf.Module):
         self._args = [by_handle.get(id(h)) for h in model._handles]  # a variable, or None for a captured constant
         self.tracked_variables = [v for v in self._args if v is not None]
         self.captured_constants = [tf.constant(h.numpy()) for h, v in zip(model._handles, self._args) if v is None]
-        self.base = model._loaded
         self.enrolled = tf.constant(np.ascontiguousarray(enrolled.T, dtype=np.float32))  # (dim, k)
         self.summaries = tf.constant(np.asarray(summaries, dtype=np.float32))  # (k, 2 * n_mels)
-        self._embed = model._embed
+        self._serve_with_embedding = model._serve_with_embedding
+        self._output_names = model._output_names
         self._sample_rate = metadata.features.sample_rate
         spec = tf.TensorSpec([None, int(metadata.input_samples)], tf.float32, name=WAVEFORM_INPUT_NAME)
         self.serve = tf.function(self._serve, input_signature=[spec])
@@ -248,8 +266,9 @@ class _EnrolledModule(tf.Module):
     def _serve(self, waveform):
         constants = iter(self.captured_constants)
         args = [v.handle if v is not None else next(constants) for v in self._args]
-        embedding = self._embed(waveform, *args)[0]
-        base = self.base.serving_default(waveform)
+        # the base version's graph once: its embedding and its own outputs
+        embedding, *outputs = self._serve_with_embedding(waveform, *args)
+        base = dict(zip(self._output_names, outputs))
         score = tf.minimum(base["patch_error"], tf.reduce_min(1.0 - tf.matmul(embedding, self.enrolled), axis=1))
         unfamiliarity = tf.minimum(base[FAMILIARITY_OUTPUT],
                                    nearest_distance(familiarity_features(waveform, self._sample_rate), self.summaries))
