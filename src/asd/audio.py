@@ -33,6 +33,18 @@ class AudioError(ValueError):
     """A clip cannot be used: empty, not WAV/FLAC, truncated, silent, or holding NaN/Inf."""
 
 
+def clip_problem(name, exc: Exception) -> str:
+    """One line saying why clip ``name`` (a path or file name) cannot be used: an
+    :class:`AudioError`'s own message (it starts with the file name), an ``OSError``'s
+    reason (missing, a directory, unreadable), else ``"<name>: <message>"`` (e.g. a clip
+    shorter than the model takes)."""
+    if isinstance(exc, AudioError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return f"{name}: {exc.strerror or exc}"
+    return f"{name}: {exc}"
+
+
 @dataclass
 class AudioClip:
     """A decoded clip.

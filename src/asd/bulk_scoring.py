@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .audio import AudioError, load_audio
+from .audio import AudioError, clip_problem, load_audio
 from .data import AUDIO_SUFFIXES
 from .features import ClipTooShortError
 from .inference import MAX_CLIP_SECONDS, ClipResult, Detector
@@ -62,14 +62,6 @@ class Outcome:
     attempts: int = 1
 
 
-def _read_error(file: Path, exc: Exception) -> str:
-    if isinstance(exc, AudioError):  # its message starts with the file name
-        return str(exc)
-    if isinstance(exc, OSError):
-        return f"{file}: {exc.strerror or exc}"
-    return f"{file}: {exc}"
-
-
 def score_one(detector: Detector, file: Path, channel: int | None = None, retries: int = 4,
               backoff_s: float = 0.5, sleep=time.sleep) -> Outcome:
     """Decode, compute the model's input and score one clip, retrying transient server
@@ -84,7 +76,7 @@ def score_one(detector: Detector, file: Path, channel: int | None = None, retrie
                           max_seconds=MAX_CLIP_SECONDS)
         prepared = detector.prepare(clip, display=False)
     except (AudioError, ClipTooShortError, OSError) as exc:
-        return Outcome(str(file), error=_read_error(file, exc))
+        return Outcome(str(file), error=clip_problem(file, exc))
     for attempt in range(1, retries + 2):
         try:
             return Outcome(str(file), result=detector.score_features(prepared), attempts=attempt)

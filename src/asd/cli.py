@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .audio import AudioError, check_header
+from .audio import AudioError, check_header, clip_problem
 from .config import ConfigError
 from .detectors.base import DetectorConfigError
 from .data import FileNameError
@@ -156,10 +156,8 @@ def _header_problem(file: str) -> str | None:
     """Why ``file`` cannot be scored, if its header alone says so (no model needed)."""
     try:
         check_header(file)
-    except AudioError as exc:
-        return str(exc)
-    except OSError as exc:
-        return f"{file}: {exc.strerror or exc}"
+    except (AudioError, OSError) as exc:
+        return clip_problem(file, exc)
     return None
 
 
@@ -206,18 +204,12 @@ def cmd_score(args) -> int:
     failed, unfamiliar = 0, 0
     for file, outcome in detector.score_files(files, workers=args.workers, batch_size=args.batch_size,
                                               channel=args.channel, display=False):
-        if isinstance(outcome, AudioError):  # its message starts with the file name
-            message = str(outcome)
-        elif isinstance(outcome, ClipTooShortError):
-            message = f"{file}: {outcome}"
-        elif isinstance(outcome, OSError):  # missing, a directory, unreadable
-            message = f"{file}: {outcome.strerror or outcome}"
-        else:
-            print(_score_line(file, outcome, model, args.json), flush=True)
-            unfamiliar += outcome.verdict == UNFAMILIAR
+        if isinstance(outcome, Exception):  # AudioError, ClipTooShortError or OSError (score_files)
+            failed += 1
+            print(f"asd: error: {clip_problem(file, outcome)}", file=sys.stderr)
             continue
-        failed += 1
-        print(f"asd: error: {message}", file=sys.stderr)
+        print(_score_line(file, outcome, model, args.json), flush=True)
+        unfamiliar += outcome.verdict == UNFAMILIAR
     if unfamiliar:
         print(f"asd: {unfamiliar} clip(s) unfamiliar: {UNFAMILIAR_ADVICE}", file=sys.stderr)
     return EXIT_BAD_INPUT if failed else 0

@@ -323,7 +323,7 @@ def enroll(models_dir: str | Path, name: str, clips: list[str | Path], domain: s
         No clips, clips that cannot be used (unreadable, silent, too short: all listed),
         or flagged clips without ``force``; a base version without a reference bank.
     """
-    from .audio import AudioError, load_audio
+    from .audio import AudioError, clip_problem, load_audio
     from .features import ClipTooShortError
     from .inference import MAX_CLIP_SECONDS, model_input
     from .scoring import ANOMALOUS, UNFAMILIAR, verdict
@@ -351,7 +351,7 @@ def enroll(models_dir: str | Path, name: str, clips: list[str | Path], domain: s
             inputs.append(model_input(clip.samples, meta, meta.features, display=False)[1][0])
             records.append({"name": path.name, "pcm_sha256": pcm_sha256(clip.samples), "notes": list(clip.notes)})
         except (AudioError, ClipTooShortError, OSError) as exc:
-            problems.append(str(exc) if isinstance(exc, AudioError) else f"{path.name}: {getattr(exc, 'strerror', None) or exc}")
+            problems.append(clip_problem(path.name, exc))
     if problems:
         raise EnrolmentError("cannot enrol: " + "; ".join(problems))
     waveforms = np.stack(inputs).astype(np.float32)
