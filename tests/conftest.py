@@ -88,3 +88,27 @@ def waveform_model(tmp_path_factory) -> Path:
     ])
     train(config, log=lambda *_: None)
     return root / "models"
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for the session (:mod:`tests.postgres`); skips without
+    one unless ``ASD_REQUIRE_POSTGRES=1`` (CI), where it fails."""
+    from .postgres import PostgresServer, postgres_bin
+
+    if postgres_bin() is None:
+        if os.environ.get("ASD_REQUIRE_POSTGRES") == "1":
+            pytest.fail("ASD_REQUIRE_POSTGRES=1 but PostgreSQL is not installed (apt-get install -y postgresql)")
+        pytest.skip("PostgreSQL is not installed (apt-get install -y postgresql)")
+    server = PostgresServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """An empty monitoring database: a new SQLite file, or a new database on the real
+    PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'monitoring.db'}"
+    return request.getfixturevalue("postgres").new_database()

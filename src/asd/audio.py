@@ -9,6 +9,7 @@ message a person can act on, never a silent wrong answer. What is fixed on the w
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import os
 import struct
@@ -70,6 +71,13 @@ class AudioClip:
     def duration_s(self) -> float:
         """Length in seconds."""
         return len(self.samples) / self.sample_rate
+
+
+def pcm_sha256(samples: np.ndarray) -> str:
+    """SHA-256 (hex) of a clip's samples as the model takes them (float32, mono, model
+    rate): the same recording gives the same hash whatever file it came in. Enrolment
+    records it; monitoring identifies a clip by it and its path."""
+    return hashlib.sha256(np.ascontiguousarray(samples, dtype=np.float32).tobytes()).hexdigest()
 
 
 def _wav_data_shortfall(data: bytes) -> int:

@@ -1,4 +1,5 @@
-"""The ``asd`` command: train, evaluate, score, benchmark, load-test, bench (speed) and resave.
+"""The ``asd`` command: train, evaluate, score, benchmark, load-test, bench (speed) and resave;
+monitor, db, history and alerts (:mod:`asd.monitoring.cli`).
 
 Bad input ends with a one-line ``asd: error: ...`` message and exit code 2, never a
 traceback.
@@ -535,6 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--in-place", action="store_true",
                        help="replace saved_model.pb, fingerprint.pb and variables/ of the version itself")
     p.set_defaults(func=cmd_resave)
+    from .monitoring.cli import add_commands as add_monitoring_commands
+
+    add_monitoring_commands(sub, _add_backend_options)
     return parser
 
 

@@ -18,7 +18,6 @@ Imports TensorFlow.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -30,6 +29,7 @@ import tensorflow as tf
 from tensorflow.python.eager import context, wrap_function
 from tensorflow.python.framework import function_def_to_graph
 
+from .audio import pcm_sha256  # noqa: F401  (enrolment records it; tests import it from here)
 from .detectors.backends import ReferenceBank, build_bank
 from .familiarity import OUTPUT_NAME as FAMILIARITY_OUTPUT
 from .familiarity import familiarity_features, nearest_distance
@@ -236,12 +236,6 @@ def leave_one_out_scores(bank: ReferenceBank, rows: np.ndarray) -> np.ndarray:
 # -- asd enroll: a new version with enrolled clips ----------------------------------------
 
 
-def pcm_sha256(samples: np.ndarray) -> str:
-    """SHA-256 of a clip's samples as the model takes them (float32, mono, model rate):
-    the same recording gives the same hash whatever file it came in."""
-    return hashlib.sha256(np.ascontiguousarray(samples, dtype=np.float32).tobytes()).hexdigest()
-
-
 class _EnrolledModule(tf.Module):
     """The base version's graph plus the enrolled clips: ``serving_default`` runs the
     base's serving graph once (its embedding and outputs), with each score the minimum of the base score and the cosine distance to the
@@ -288,7 +282,7 @@ def enroll(models_dir: str | Path, name: str, clips: list[str | Path], domain: s
       otherwise (see :func:`bank_threshold` for why a refit is worse); the unfamiliar
       threshold stays the base's.
     - The metadata records the base version, the domain, and each clip's name and
-      :func:`pcm_sha256`; warm-up requests are written as for any export.
+      :func:`asd.audio.pcm_sha256`; warm-up requests are written as for any export.
     - Never overwrites a version: written to a hidden temporary folder beside the
       versions (TF Serving ignores names that are not numbers), then renamed to the next
       free version number; if another enrolment took that number first, the next one.

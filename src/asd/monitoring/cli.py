@@ -1,0 +1,244 @@
+"""The monitoring commands of ``asd``: ``monitor``, ``db upgrade|status``, ``history``
+and ``alerts``. :func:`add_commands` registers them on the main parser (:mod:`asd.cli`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import signal
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from .store import StoreError, default_db_url
+
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_time(text: str, now: datetime | None = None) -> datetime:
+    """A point in time from ``--since``/``--until``: ISO 8601 (``2026-11-03``,
+    ``2026-11-03T10:00``, with ``Z`` or an offset; without one it is UTC) or an age
+    (``30m``, ``24h``, ``7d``, ``2w``: that long before now). Returns an aware UTC datetime.
+
+    Raises
+    ------
+    ValueError
+        Neither form.
+    """
+    text = text.strip()
+    match = _RELATIVE.match(text)
+    if match:
+        return (now or datetime.now(timezone.utc)) - timedelta(**{_UNITS[match[2]]: float(match[1])})
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r}: not a time; give ISO 8601 (2026-11-03T10:00, UTC unless an offset is given) "
+                         "or an age such as 24h or 7d") from None
+    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+
+
+def _db_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", metavar="URL", default=None,
+                        help="database URL: sqlite:///PATH or postgresql+psycopg://user@host/db "
+                             f"(default $ASD_DB_URL, else {default_db_url()})")
+
+
+def _db(args) -> str:
+    return args.db or default_db_url()
+
+
+def cmd_monitor(args) -> int:
+    from ..cli import _detector
+    from .alerts import load_rules
+    from .store import default_clip_store, open_store
+    from .watch import Monitor, MonitorError
+
+    folders = [Path(f) for f in args.folders]
+    for folder in folders:
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: no such folder (asd monitor watches folders of machine sub-folders)")
+    if args.poll is not None and args.poll <= 0:
+        raise ValueError("--poll must be a positive number of seconds")
+    rules = load_rules(args.rules)
+    rules.notify = rules.notify + (args.notify or [])
+    if rules.notify:
+        from .notify import make_notifier
+
+        make_notifier(rules.notify)  # a bad URL fails now, not at the first alert
+    db = _db(args)
+    store = open_store(db)
+    detector = _detector(args)
+    monitor = Monitor(detector, store, folders, machine=args.machine, rules=rules,
+                      clip_store=Path(args.clip_store) if args.clip_store else default_clip_store(db),
+                      batch_size=args.batch_size, server_attempts=args.server_attempts if args.once else None)
+    # SIGTERM (docker stop, Kubernetes) and Ctrl-C: finish the clip in hand, then exit 0
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: monitor.stop.set())
+    meta = detector.metadata
+    print(f"asd: monitoring {', '.join(map(str, folders))} with {meta.name} v{meta.version} into {store.url}"
+          + ("" if args.once else " (watching; SIGTERM or Ctrl-C stops)"), file=sys.stderr, flush=True)
+    code = 0
+    try:
+        if args.once:
+            monitor.run_once(show_progress=sys.stderr.isatty())
+        else:
+            monitor.watch(settle_s=args.settle, poll_s=args.poll)
+    except MonitorError as exc:
+        print(f"asd: error: {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        for machine, summary in sorted(monitor.summary.items()):
+            print(f"asd: {summary.line(machine)}", file=sys.stderr)
+        store.close()
+    return code
+
+
+def cmd_db(args) -> int:
+    from .store import make_engine, redacted, schema_status, upgrade
+
+    db = _db(args)
+    if args.action == "upgrade":
+        before, after = upgrade(db)
+        print(f"{redacted(db)}: schema {before or 'none'} -> {after}" if before != after
+              else f"{redacted(db)}: schema {after}, up to date")
+        return 0
+    engine = make_engine(db)
+    try:
+        current, head, _ = schema_status(engine)
+    finally:
+        engine.dispose()
+    print(f"{redacted(db)}: schema {current or 'none'}, this version of asd expects {head}"
+          + ("" if current == head else f": run asd db upgrade --db '{redacted(db)}'"))
+    return 0 if current == head else 1
+
+
+HISTORY_COLUMNS = ("machine", "clip_id", "recorded_at", "scored_at", "status", "verdict", "score", "threshold",
+                   "unfamiliarity", "model_name", "model_version", "path", "problem")
+
+
+def _value(value):
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    return value
+
+
+def _emit(rows: list[dict], columns: tuple, fmt: str) -> None:
+    if fmt == "json":
+        print(json.dumps([{c: _value(r[c]) for c in columns} for r in rows], indent=1))
+    elif fmt == "csv":
+        writer = csv.DictWriter(sys.stdout, columns, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: _value(row[c]) for c in columns})
+    else:
+        def cell(value):
+            value = _value(value)
+            if isinstance(value, float):
+                return f"{value:.4f}"
+            return "" if value is None else str(value)
+
+        table = [[cell(r[c]) for c in columns] for r in rows]
+        widths = [max([len(c)] + [len(t[i]) for t in table]) for i, c in enumerate(columns)]
+        print("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
+        for t in table:
+            print("  ".join(v.ljust(w) for v, w in zip(t, widths)).rstrip())
+
+
+def cmd_history(args) -> int:
+    from .store import open_store
+
+    since = parse_time(args.since) if args.since else None
+    until = parse_time(args.until) if args.until else None
+    store = open_store(_db(args))
+    try:
+        if args.machine and args.machine not in {m.name for m in store.machines()}:
+            raise StoreError(f"no machine {args.machine!r} in {store.url} "
+                             f"(machines: {', '.join(m.name for m in store.machines()) or 'none yet'})")
+        rows = store.history(args.machine, since, until)
+    finally:
+        store.close()
+    _emit([vars(r) for r in rows], HISTORY_COLUMNS, args.format)
+    return 0
+
+
+ALERT_COLUMNS = ("id", "machine", "state", "raised_at", "acknowledged_at", "acknowledged_by", "note", "cleared_at",
+                 "clips", "rule")
+
+
+def alert_record(alert) -> dict:
+    """An alert as a flat record of :data:`ALERT_COLUMNS` (``clips``: how many are kept)."""
+    return {"id": alert.id, "machine": alert.machine.name, "state": alert.state, "raised_at": alert.raised_at,
+            "acknowledged_at": alert.acknowledged_at, "acknowledged_by": alert.acknowledged_by, "note": alert.note,
+            "cleared_at": alert.cleared_at, "clips": len(alert.clips), "rule": alert.rule}
+
+
+def cmd_alerts(args) -> int:
+    from .store import open_store
+
+    store = open_store(_db(args))
+    try:
+        if args.ack is not None:
+            alert = store.acknowledge(args.ack, args.by, args.note)
+            print(f"alert {alert.id} acknowledged by {alert.acknowledged_by} at {_value(alert.acknowledged_at)}")
+            return 0
+        if args.by or args.note:
+            raise ValueError("--by and --note go with --ack ID")
+        alerts = store.alerts(open_only=args.open, machine=args.machine)
+    finally:
+        store.close()
+    _emit([alert_record(a) for a in alerts], ALERT_COLUMNS, args.format)
+    return 0
+
+
+def add_commands(sub, add_backend_options) -> None:
+    """Register ``monitor``, ``db``, ``history`` and ``alerts`` on ``sub`` (the main
+    parser's subparsers); ``add_backend_options`` adds ``--model``/``--server``/``--name``."""
+    p = sub.add_parser("monitor", help="score every clip of every machine once into a database, and raise alerts",
+                       description="Score each machine's clips exactly once into the monitoring database and run the "
+                                   "alert rule. One sub-folder per machine: incoming/press-07/*.wav is machine "
+                                   "press-07 (--machine ID for a flat folder).")
+    add_backend_options(p)
+    _db_option(p)
+    p.add_argument("folders", nargs="+", metavar="FOLDER", help="folders of machine sub-folders (or one machine's, with --machine)")
+    p.add_argument("--machine", metavar="ID", help="the machine id of every clip (a flat folder)")
+    p.add_argument("--once", action="store_true", help="score what is there and exit (cron, tests)")
+    p.add_argument("--poll", type=float, metavar="SECONDS",
+                   help="poll the folders every SECONDS instead of the system's file events (network shares)")
+    p.add_argument("--settle", type=float, default=2.0, metavar="SECONDS",
+                   help="a file is scored once it has not changed for this long (default 2: still being written)")
+    p.add_argument("--rules", metavar="YAML", help="alert rules and notify URLs (asd.monitoring.alerts; default 3 of 5, clear after 5)")
+    p.add_argument("--notify", action="append", metavar="URL", help="an apprise URL to notify (repeatable), e.g. json://host/hook")
+    p.add_argument("--clip-store", metavar="DIR", help="where the clips behind alerts are kept (default $ASD_CLIP_STORE, "
+                                                       "else clip-store/ beside a SQLite database)")
+    p.add_argument("--batch-size", type=int, default=8, metavar="N", help="clips per model request (default 8)")
+    p.add_argument("--server-attempts", type=int, default=5, metavar="N",
+                   help="with --once: tries of a model server that is down before the run stops (default 5; "
+                        "watching retries until stopped)")
+    p.set_defaults(func=cmd_monitor)
+
+    p = sub.add_parser("db", help="the monitoring database: upgrade its schema, or show its status")
+    p.add_argument("action", choices=["upgrade", "status"], help="upgrade: run the migrations; status: exit 1 if not up to date")
+    _db_option(p)
+    p.set_defaults(func=cmd_db)
+
+    p = sub.add_parser("history", help="a machine's clips, scores and verdicts from the monitoring database")
+    _db_option(p)
+    p.add_argument("--machine", metavar="ID", help="one machine (default: all)")
+    p.add_argument("--since", metavar="TIME", help="recorded at or after TIME: ISO 8601 (UTC unless an offset is given) or an age: 24h, 7d")
+    p.add_argument("--until", metavar="TIME", help="recorded at or before TIME")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("alerts", help="list alerts, or acknowledge one (--ack ID --by NAME --note TEXT)")
+    _db_option(p)
+    p.add_argument("--open", action="store_true", help="only raised and acknowledged alerts")
+    p.add_argument("--machine", metavar="ID", help="one machine's alerts")
+    p.add_argument("--ack", type=int, metavar="ID", help="acknowledge alert ID")
+    p.add_argument("--by", metavar="NAME", help="who acknowledges (with --ack)")
+    p.add_argument("--note", metavar="TEXT", help="a note with the acknowledgement")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.set_defaults(func=cmd_alerts)
