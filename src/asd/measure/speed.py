@@ -18,6 +18,14 @@ What is measured (every figure as the median and range of repeated runs):
 - **Memory of the app**: peak RSS of the Streamlit process after it has checked a clip,
   served in-process and through the REST stand-in (then without TensorFlow), driven by
   Playwright in Debian's Chromium (skipped with a note where Chromium is missing).
+- **Ingest**: ``asd monitor --once`` (score every clip once into the monitoring
+  database) against ``asd score`` on the same clips with the same model version, both
+  as new processes: the test clips copied into machine folders (1,000 clips: the 200
+  ToyCar test clips in 50 folders, each clip 5 times under other paths), into SQLite and
+  into PostgreSQL (a throw-away server, :mod:`asd.measure.postgres_server`; skipped with
+  the reason where PostgreSQL is not installed). Start-up (Python, TensorFlow, model
+  load, the database's schema) is taken out by also running each command on the first
+  machine folder only: clips/s = extra clips / extra seconds.
 - **The naive way**, side by side: clips one at a time with no look-ahead or batching;
   features recomputed every epoch; one REST request per patch; full-precision JSON with
   the standard library.
@@ -56,7 +64,11 @@ TARGETS = {
     "rest_p50_ms": 20.0,  # one 12 s clip through the REST client: at most
     "rest_p95_ms": 40.0,
     "epoch_s": 30.0,  # one conv AE epoch over the ToyCar training clips: at most
+    "ingest_vs_score": 0.8,  # asd monitor --once's clips/s over asd score's, same clips and model: at least
 }
+#: What ``asd bench --sections`` may choose (default: all); each names report keys
+SECTIONS = {"scoring": ("scoring",), "serving": ("rest", "grpc", "app"), "training": ("training", "feature_caching"),
+            "ingest": ("ingest",)}
 
 
 @dataclass
@@ -87,6 +99,12 @@ class BenchSettings:
         Train on the first N training clips only.
     quick : bool
         Reduced mode (CI): small numbers, naive training on one epoch.
+    sections : tuple of str
+        What to measure (keys of :data:`SECTIONS`). With fewer than all, an existing
+        report at ``out`` keeps its other sections and gets these replaced.
+    ingest_clips, ingest_machines : int
+        The ingest measurement's clips (test clips copied round, each copy under another
+        path) and the machine folders they are spread over.
     """
 
     data: Path
@@ -100,6 +118,9 @@ class BenchSettings:
     epochs: int | None = None
     max_train_clips: int | None = None
     quick: bool = False
+    sections: tuple = tuple(SECTIONS)
+    ingest_clips: int = 1000
+    ingest_machines: int = 50
 
 
 def spread(values: list[float], digits: int = 2) -> dict:
@@ -662,6 +683,177 @@ def measure_feature_caching(settings: BenchSettings, epochs: int, log=print) -> 
     return result
 
 
+# -- ingest: asd monitor --once against asd score ------------------------------------
+
+
+def machine_folders(clips: list[Path], root: Path, n_clips: int, n_machines: int) -> list[list[Path]]:
+    """Copy ``clips`` round into ``n_machines`` folders ``root/machine-NN/`` until there
+    are ``n_clips`` files: file ``j`` is clip ``j % len(clips)`` in folder ``j // per
+    folder``, so each clip's copies sit in different folders (other paths: other clips
+    to the monitor). Returns each folder's files.
+
+    Raises
+    ------
+    ValueError
+        A folder would hold one clip twice (more clips a folder than test clips).
+    """
+    per_folder = -(-n_clips // n_machines)
+    if per_folder > len(clips):
+        raise ValueError(f"{n_clips} ingest clips in {n_machines} machine folders is {per_folder} a folder, more than "
+                         f"the {len(clips)} test clips: use more machine folders")
+    folders: list[list[Path]] = [[] for _ in range(n_machines)]
+    for j in range(n_clips):
+        source = Path(clips[j % len(clips)])
+        folder = root / f"machine-{j // per_folder:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / source.name
+        shutil.copyfile(source, target)
+        folders[j // per_folder].append(target)
+    return [f for f in folders if f]
+
+
+def _monitor_run(settings: BenchSettings, version: int, folder: Path, db_url: str, clip_store: Path, env: dict,
+                 n_clips: int) -> dict:
+    """``asd monitor --once`` over ``folder`` into ``db_url`` (empty), checked: every clip stored."""
+    from ..monitoring.store import open_store
+
+    run = run_measured([
+        sys.executable, "-m", "asd.cli", "monitor", "--once", str(folder), "--db", db_url, "--clip-store",
+        str(clip_store), "--model", str(settings.models), "--name", settings.name, "--model-version", str(version),
+    ], env=env)
+    if run["returncode"] != 0:
+        raise RuntimeError(f"asd monitor failed ({run['returncode']}): {run['stderr'][-2000:]}")
+    store = open_store(db_url)
+    try:
+        counts = store.counts()
+    finally:
+        store.close()
+    if counts["clips"] != n_clips:
+        raise RuntimeError(f"asd monitor stored {counts['clips']} clips of {n_clips}: {run['stderr'][-2000:]}")
+    run["stored"], run["scored"], run["alerts"] = counts["clips"], counts["scores"], counts["alerts"]
+    return run
+
+
+def _score_run(settings: BenchSettings, version: int, folder: Path, env: dict, n_clips: int) -> dict:
+    """``asd score`` over ``folder`` (its machine folders), checked: a line a clip."""
+    run = run_measured([
+        sys.executable, "-m", "asd.cli", "score", str(folder), "--model", str(settings.models), "--name",
+        settings.name, "--model-version", str(version),
+    ], env=env)
+    if run["returncode"] != 0:
+        raise RuntimeError(f"asd score failed ({run['returncode']}): {run['stderr'][-2000:]}")
+    n_lines = len(run["stdout"].splitlines()) - 2  # after the "# model" line and the column header
+    if n_lines != n_clips:
+        raise RuntimeError(f"asd score printed {n_lines} lines for {n_clips} clips")
+    run["stored"] = n_lines
+    return run
+
+
+def ingest_rates(small: list[dict], full: list[dict], n_small: int, n_full: int) -> dict:
+    """Clips/s from paired runs of one command on ``n_small`` and ``n_full`` clips.
+
+    Returns
+    -------
+    dict
+        ``clips_per_s``: start-up taken out, ``(n_full - n_small) / (full - small
+        seconds)`` of each pair (None where noise made the difference not positive);
+        ``with_startup_clips_per_s``: ``n_full / full seconds`` (the whole command);
+        ``startup_s``: the small run's seconds less its clips at the first rate;
+        ``seconds``, ``peak_rss_mb`` of the full runs; ``clips``: clips counted in the
+        full runs (stored rows or printed lines).
+    """
+    rates = [(n_full - n_small) / (f["seconds"] - s["seconds"]) for s, f in zip(small, full)
+             if f["seconds"] > s["seconds"]]
+    rate = statistics.median(rates) if rates else None
+    return {
+        "clips_per_s": spread(rates, 1) if rates else None,
+        "with_startup_clips_per_s": spread([n_full / f["seconds"] for f in full], 1),
+        "startup_s": round(statistics.median([s["seconds"] for s in small]) - n_small / rate, 2) if rate else None,
+        "seconds": spread([f["seconds"] for f in full], 2),
+        "small_seconds": spread([s["seconds"] for s in small], 2),
+        "peak_rss_mb": spread([f["peak_rss_mb"] for f in full], 1),
+        "clips": [f["stored"] for f in full],
+    }
+
+
+def measure_ingest(settings: BenchSettings, clips: list[Path], workdir: Path, log=print) -> dict:
+    """``asd monitor --once`` into SQLite and PostgreSQL against ``asd score``, on the same
+    clips (:func:`machine_folders`) with the same model version (the newest), each a new
+    process; every command runs on all folders (``n_clips``) and on the first folder only
+    (``n_small``), ``max(1, (repeats + 1) // 2)`` times, in turn.
+
+    Returns
+    -------
+    dict
+        ``version``, ``n_clips``, ``n_machines``, ``n_small``, ``repeats``; ``score``,
+        ``sqlite`` and ``postgresql`` (:func:`ingest_rates`, the monitor's with
+        ``scored`` and ``alerts`` of its last run; ``postgresql`` is ``{"skipped":
+        reason}`` without PostgreSQL), and ``ratio`` of each database's clips/s to
+        ``asd score``'s (start-up taken out; None where not measured).
+    """
+    from .postgres_server import PostgresServer, postgres_bin
+
+    version = max(versions(settings.models / settings.name))
+    root = workdir / "ingest"
+    folders = machine_folders(clips, root / "clips", settings.ingest_clips, settings.ingest_machines)
+    n_full, n_small = sum(map(len, folders)), len(folders[0])
+    small_root = root / "small"  # a copy of the first folder (the monitor follows no symlinks)
+    shutil.copytree(folders[0][0].parent, small_root / folders[0][0].parent.name)
+    full_root = root / "clips"
+    env = {**_env(), "ASD_HOME": str(root / "home")}
+    for key in ("ASD_DB_URL", "ASD_CLIP_STORE"):
+        env.pop(key, None)
+    repeats = max(1, (settings.repeats + 1) // 2)
+    log(f"ingest: {n_full} clips in {len(folders)} machine folders (and {n_small} in one), v{version}, "
+        f"{repeats} run(s) each ...")
+
+    server, skipped = None, None
+    if postgres_bin() is None:
+        skipped = "PostgreSQL is not installed (apt-get install -y postgresql)"
+    else:
+        try:
+            server = PostgresServer()
+        except (RuntimeError, OSError, KeyError) as exc:  # KeyError: no postgres user
+            skipped = f"the PostgreSQL server did not start: {exc}"
+    runs: dict[str, dict[str, list]] = {k: {"small": [], "full": []} for k in ("score", "sqlite", "postgresql")}
+    last: dict[str, dict] = {}
+    try:
+        for r in range(repeats):
+            for size, folder, n in (("small", small_root, n_small), ("full", full_root, n_full)):
+                runs["score"][size].append(_score_run(settings, version, folder, env, n))
+                sqlite_url = f"sqlite:///{root / f'monitor-{r}-{size}.db'}"
+                last["sqlite"] = _monitor_run(settings, version, folder, sqlite_url, root / f"store-{r}-{size}", env, n)
+                runs["sqlite"][size].append(last["sqlite"])
+                if server is not None:
+                    last["postgresql"] = _monitor_run(settings, version, folder, server.new_database(),
+                                                      root / f"pg-store-{r}-{size}", env, n)
+                    runs["postgresql"][size].append(last["postgresql"])
+    finally:
+        if server is not None:
+            server.close()
+
+    result = {"version": version, "n_clips": n_full, "n_machines": len(folders), "n_small": n_small,
+              "n_source_clips": len(clips), "repeats": repeats}
+    for key, label in (("score", "asd score"), ("sqlite", "asd monitor --once, SQLite"),
+                       ("postgresql", "asd monitor --once, PostgreSQL")):
+        if key == "postgresql" and server is None:
+            result[key] = {"skipped": skipped}
+            log(f"  {label}: skipped ({skipped})")
+            continue
+        result[key] = ingest_rates(runs[key]["small"], runs[key]["full"], n_small, n_full)
+        if key in last:
+            result[key]["scored"], result[key]["alerts"] = last[key]["scored"], last[key]["alerts"]
+        rate = result[key]["clips_per_s"]
+        log(f"  {label}: {rate['median'] if rate else 'n/a'} clips/s without start-up, "
+            f"{result[key]['with_startup_clips_per_s']['median']} with")
+    base = result["score"]["clips_per_s"]
+    result["ratio"] = {}
+    for key in ("sqlite", "postgresql"):
+        rate = result[key].get("clips_per_s")
+        result["ratio"][key] = round(rate["median"] / base["median"], 3) if rate and base else None
+    return result
+
+
 # -- the whole benchmark -------------------------------------------------------------
 
 
@@ -680,8 +872,11 @@ PACKAGES = ("numpy", "scipy", "librosa", "soundfile", "tensorflow-cpu", "keras",
 
 
 def run_bench(settings: BenchSettings, log=print) -> dict:
-    """Measure everything (see the module's docstring), write the Markdown report to
-    ``settings.out`` and the JSON next to it; return the report.
+    """Measure everything (see the module's docstring), or the chosen ``settings.sections``,
+    write the Markdown report to ``settings.out`` and the JSON next to it; return the
+    report. With fewer sections than all and a report already at ``settings.out``, that
+    report's other sections are kept and these replaced (``updates`` says which were
+    measured when, and at which commit).
 
     Raises
     ------
@@ -689,8 +884,14 @@ def run_bench(settings: BenchSettings, log=print) -> dict:
         No test clips under ``settings.data`` or no model versions under ``settings.models``.
     RuntimeError
         A measured command failed (its error output included).
+    ValueError
+        An unknown section.
     """
     started = time.perf_counter()
+    unknown = set(settings.sections) - set(SECTIONS)
+    if unknown or not settings.sections:
+        raise ValueError(f"sections {', '.join(sorted(unknown)) or '(none)'}: choose from {', '.join(SECTIONS)}")
+    sections = [s for s in SECTIONS if s in settings.sections]
     clips = [c.path for c in list_clips(settings.data, split="test")]
     if settings.max_clips:
         clips = clips[: settings.max_clips]
@@ -700,8 +901,9 @@ def run_bench(settings: BenchSettings, log=print) -> dict:
     if not model_versions:
         raise FileNotFoundError(f"{settings.models / settings.name}: no model versions")
     serving_clip = clips[0]
+    command = "asd bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "asd bench"
     report = {
-        "command": "asd bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "asd bench",
+        "command": command,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "git_commit": git("rev-parse", "--short", "HEAD"),
         "machine": machine(),
@@ -711,50 +913,67 @@ def run_bench(settings: BenchSettings, log=print) -> dict:
                      "serving_clip": Path(serving_clip).name, "quick": settings.quick},
         "targets": TARGETS,
     }
+    out = Path(settings.out)
+    if len(sections) < len(SECTIONS) and out.with_suffix(".json").is_file():
+        earlier = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
+        kept = {key: earlier[key] for s in SECTIONS if s not in sections for key in SECTIONS[s] if key in earlier}
+        update = {"sections": sections, "command": command, "date": report["date"],
+                  "git_commit": report["git_commit"], "settings": report["settings"]}
+        report = {**earlier, **kept, "targets": TARGETS, "updates": [*earlier.get("updates", []), update]}
+        for key in (k for s in sections for k in SECTIONS[s]):
+            report.pop(key, None)
 
-    log(f"scoring {len(clips)} clips in-process, versions {model_versions} ...")
-    report["scoring"] = [measure_scoring(settings, v, clips, log) for v in model_versions]
+    if "scoring" in sections:
+        log(f"scoring {len(clips)} clips in-process, versions {model_versions} ...")
+        report["scoring"] = [measure_scoring(settings, v, clips, log) for v in model_versions]
 
     with tempfile.TemporaryDirectory(prefix="asd-bench-") as tmp:
         workdir = Path(tmp)
-        rest_port, grpc_port = free_port(), free_port()
-        log("serving: the stand-in (REST and gRPC) in its own process ...")
-        server = start_process(
-            [sys.executable, "-m", "asd.standins", "--models", str(settings.models), "--port", str(rest_port),
-             "--grpc-port", str(grpc_port)],
-            _env(), workdir / "standin.log", f"http://127.0.0.1:{rest_port}/v1/models/{settings.name}", cwd=REPO,
-        )
-        url = f"http://127.0.0.1:{rest_port}"
-        try:
-            report["rest"] = [measure_rest(url, settings.name, v, serving_clip, settings.requests, settings.models, log)
-                              for v in model_versions]
+        if "serving" in sections:
+            rest_port, grpc_port = free_port(), free_port()
+            log("serving: the stand-in (REST and gRPC) in its own process ...")
+            server = start_process(
+                [sys.executable, "-m", "asd.standins", "--models", str(settings.models), "--port", str(rest_port),
+                 "--grpc-port", str(grpc_port)],
+                _env(), workdir / "standin.log", f"http://127.0.0.1:{rest_port}/v1/models/{settings.name}", cwd=REPO,
+            )
+            url = f"http://127.0.0.1:{rest_port}"
             try:
-                report["grpc"] = [measure_grpc(f"127.0.0.1:{grpc_port}", settings.name, v, serving_clip,
-                                               settings.requests, log) for v in model_versions]
-            except Exception as exc:  # no grpcio / tensorflow-serving-api here: say so, measure the rest
-                from ..serving import ServingError
+                report["rest"] = [measure_rest(url, settings.name, v, serving_clip, settings.requests, settings.models,
+                                               log) for v in model_versions]
+                try:
+                    report["grpc"] = [measure_grpc(f"127.0.0.1:{grpc_port}", settings.name, v, serving_clip,
+                                                   settings.requests, log) for v in model_versions]
+                except Exception as exc:  # no grpcio / tensorflow-serving-api here: say so, measure the rest
+                    from ..serving import ServingError
 
-                if not isinstance(exc, ServingError):
-                    raise
-                report["grpc"] = {"skipped": str(exc)}
-            log("the app's memory (Streamlit, driven in Chromium) ...")
-            report["app"] = {
-                "rest": measure_app({"ASD_SERVING_URL": url, "ASD_MODEL_NAME": settings.name}, serving_clip,
-                                    workdir, "rest", log),
-            }
-        finally:
-            stop_process(server)
-        report["app"]["in_process"] = measure_app({"ASD_MODEL_DIR": str(settings.models)}, serving_clip, workdir,
-                                                  "in_process", log)
+                    if not isinstance(exc, ServingError):
+                        raise
+                    report["grpc"] = {"skipped": str(exc)}
+                log("the app's memory (Streamlit, driven in Chromium) ...")
+                report["app"] = {
+                    "rest": measure_app({"ASD_SERVING_URL": url, "ASD_MODEL_NAME": settings.name}, serving_clip,
+                                        workdir, "rest", log),
+                }
+            finally:
+                stop_process(server)
+            report["app"]["in_process"] = measure_app({"ASD_MODEL_DIR": str(settings.models)}, serving_clip, workdir,
+                                                      "in_process", log)
 
-        log("training (asd train, its own process) ...")
-        report["training"] = measure_training(settings, workdir, log)
-    log("training epochs with cached vs recomputed features ...")
-    report["feature_caching"] = measure_feature_caching(settings, 1 if settings.quick else 2, log)
+        if "training" in sections:
+            log("training (asd train, its own process) ...")
+            report["training"] = measure_training(settings, workdir, log)
+        if "ingest" in sections:
+            report["ingest"] = measure_ingest(settings, clips, workdir, log)
+    if "training" in sections:
+        log("training epochs with cached vs recomputed features ...")
+        report["feature_caching"] = measure_feature_caching(settings, 1 if settings.quick else 2, log)
     report["headline"] = headline(report)
-    report["bench_seconds"] = round(time.perf_counter() - started, 1)
+    if "updates" in report:
+        report["updates"][-1]["seconds"] = round(time.perf_counter() - started, 1)
+    else:
+        report["bench_seconds"] = round(time.perf_counter() - started, 1)
 
-    out = Path(settings.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     out.write_text(markdown(report), encoding="utf-8")
@@ -762,23 +981,42 @@ def run_bench(settings: BenchSettings, log=print) -> dict:
 
 
 def headline(report: dict) -> list[dict]:
-    """The targets against what was measured: ``{"what", "target", "measured", "met"}``."""
+    """The targets against what was measured: ``{"what", "target", "measured", "met"}``
+    (``met`` None: not measured, ``measured`` says why)."""
     rows = []
-    for s in report["scoring"]:
+    for s in report.get("scoring", []):
         value = s["warm_clips_per_s"]["median"]
         rows.append({"what": f"`asd score`, in-process, warm: v{s['version']} ({s['detector']})",
                      "target": f">= {TARGETS['score_clips_per_s']:g} clips/s", "measured": f"{value:g} clips/s",
                      "met": value >= TARGETS["score_clips_per_s"]})
-    for r in report["rest"]:
+    for r in report.get("rest", []):
         p50, p95 = r["request_ms"]["p50"], r["request_ms"]["p95"]
         rows.append({"what": f"one 12 s clip, REST client vs stand-in: v{r['version']}",
                      "target": f"p50 <= {TARGETS['rest_p50_ms']:g} ms, p95 <= {TARGETS['rest_p95_ms']:g} ms",
                      "measured": f"p50 {p50:g} ms, p95 {p95:g} ms",
                      "met": p50 <= TARGETS["rest_p50_ms"] and p95 <= TARGETS["rest_p95_ms"]})
-    t = report["training"]
-    rows.append({"what": f"one training epoch, {t['detector']} ({t['n_train_clips']} clips)",
-                 "target": f"<= {TARGETS['epoch_s']:g} s", "measured": f"{t['epoch_s']['median']:g} s",
-                 "met": t["epoch_s"]["median"] <= TARGETS["epoch_s"]})
+    if "training" in report:
+        t = report["training"]
+        rows.append({"what": f"one training epoch, {t['detector']} ({t['n_train_clips']} clips)",
+                     "target": f"<= {TARGETS['epoch_s']:g} s", "measured": f"{t['epoch_s']['median']:g} s",
+                     "met": t["epoch_s"]["median"] <= TARGETS["epoch_s"]})
+    if "ingest" in report:
+        i = report["ingest"]
+        score = i["score"]["clips_per_s"]
+        for key, label in (("sqlite", "SQLite"), ("postgresql", "PostgreSQL")):
+            row = {"what": f"`asd monitor --once` ingest into {label}: v{i['version']}, {i['n_clips']} clips in "
+                           f"{i['n_machines']} machine folders",
+                   "target": f">= {TARGETS['ingest_vs_score'] * 100:g} % of `asd score`'s clips/s"
+                             + (f" ({score['median']:g})" if score else "")}
+            rate, ratio = i[key].get("clips_per_s"), i["ratio"].get(key)
+            if "skipped" in i[key]:
+                row.update(measured=f"skipped: {i[key]['skipped']}", met=None)
+            elif ratio is None:
+                row.update(measured="not measured: start-up noise outweighed the clips (too few clips)", met=None)
+            else:
+                row.update(measured=f"{rate['median']:g} clips/s ({ratio * 100:.0f} %)",
+                           met=ratio >= TARGETS["ingest_vs_score"])
+            rows.append(row)
     return rows
 
 
@@ -799,15 +1037,37 @@ def markdown(report: dict) -> str:
         f"Data: {st['n_test_clips']} test clips of `{st['data']}`; models `{st['models']}` (`{st['name']}`); "
         f"serving clip `{st['serving_clip']}`. Figures: median (min-max, n runs) of {st['repeats']} repeats, "
         f"or percentiles of {st['requests']} requests.",
+    ]
+    for u in report.get("updates", []):
+        lines.append(f"Re-measured since: {', '.join(u['sections'])} with `{u['command']}` on {u['date']} "
+                     f"(commit {u['git_commit']}), {u['seconds']:g} s"
+                     + (" — **quick mode**" if u["settings"]["quick"] else "") + ".")
+    lines += [
         "",
         "## Targets",
         "",
         "| what | target | measured | met |",
         "|---|---|---|---|",
     ]
-    lines += [f"| {r['what']} | {r['target']} | {r['measured']} | {'yes' if r['met'] else '**no**'} |"
-              for r in report["headline"]]
-    lines += [
+    lines += [f"| {r['what']} | {r['target']} | {r['measured']} | "
+              f"{'yes' if r['met'] else 'skipped' if r['met'] is None else '**no**'} |" for r in report["headline"]]
+    if "scoring" in report:
+        lines += _scoring_markdown(report)
+    if "rest" in report:
+        lines += _serving_markdown(report)
+    if "training" in report:
+        lines += _training_markdown(report["training"])
+    if lines[-1]:
+        lines.append("")
+    lines += _memory_markdown(report)
+    if "ingest" in report:
+        lines += ["", *_ingest_markdown(report["ingest"])]
+    lines += _naive_markdown(report)
+    return "\n".join(lines) + "\n"
+
+
+def _scoring_markdown(report: dict) -> list[str]:
+    lines = [
         "",
         "## Scoring: `asd score`, in-process backend",
         "",
@@ -828,7 +1088,11 @@ def markdown(report: dict) -> str:
             f"{sm['decode']:g} / {sm['logmel']:g} / {sm['model']:g} (total {sm['total']:g}) | "
             f"{_range(c['clips_per_s'])} | {c['startup_s']:g} | {c['peak_rss_mb']['median']:g} |"
         )
-    lines += [
+    return lines
+
+
+def _serving_markdown(report: dict) -> list[str]:
+    lines = [
         "",
         "## One 12 s clip through a server",
         "",
@@ -874,8 +1138,11 @@ def markdown(report: dict) -> str:
             for g in report["grpc"]
         ]
         lines += ["", "gRPC sends float32 tensors as their bytes (`tensor_content`): no text, no rounding.", ""]
-    t = report["training"]
-    lines += [
+    return lines
+
+
+def _training_markdown(t: dict) -> list[str]:
+    return [
         "## Training",
         "",
         f"`asd train --config {t['config']}` in its own process: {t['n_train_clips']} normal clips "
@@ -888,34 +1155,56 @@ def markdown(report: dict) -> str:
         "|---|---|---|---|",
         f"| {_range(t['epoch_s'])} | {t['first_epoch_s']:g} | {t['total_s']:g} | {t['peak_rss_mb']:g} |",
         "",
+    ]
+
+
+def _memory_markdown(report: dict) -> list[str]:
+    lines = [
         "## Memory (peak RSS)",
         "",
         "| process | peak RSS, MB | TensorFlow loaded |",
         "|---|---|---|",
     ]
-    for s in report["scoring"]:
+    for s in report.get("scoring", []):
         lines.append(f"| `asd score` over {s['n_clips']} clips, v{s['version']}, in-process | "
                      f"{s['cold']['peak_rss_mb']['median']:g} | yes |")
-    lines.append(f"| `asd train` ({t['detector']}) | {t['peak_rss_mb']:g} | yes |")
+    if "training" in report:
+        t = report["training"]
+        lines.append(f"| `asd train` ({t['detector']}) | {t['peak_rss_mb']:g} | yes |")
     for key, label in (("in_process", "in-process model"), ("rest", "REST to the server")):
+        if "app" not in report:
+            break
         a = report["app"].get(key, {})
         if "skipped" in a:
             lines.append(f"| Streamlit app, {label} | not measured: {a['skipped']} | |")
         else:
             lines.append(f"| Streamlit app, {label}, after checking a clip | {a['peak_rss_mb']:g} | "
                          f"{'yes' if a['tensorflow_loaded'] else 'no'} |")
-    lines += ["", "## The naive way, side by side", "",
-              "| work | naive | this design | design is |", "|---|---|---|---|"]
-    for s in report["scoring"]:
+    i = report.get("ingest", {})
+    for key in ("score", "sqlite", "postgresql"):
+        if i.get(key, {}).get("peak_rss_mb"):
+            what = "`asd score`" if key == "score" else f"`asd monitor --once` into {_DB_LABEL[key]}"
+            lines.append(f"| {what} over {i['n_clips']} clips, v{i['version']}, in-process | "
+                         f"{i[key]['peak_rss_mb']['median']:g} | yes |")
+    return lines
+
+
+def _naive_markdown(report: dict) -> list[str]:
+    if not any(key in report for key in ("scoring", "feature_caching", "rest")):
+        return []
+    lines = ["", "## The naive way, side by side", "",
+             "| work | naive | this design | design is |", "|---|---|---|---|"]
+    for s in report.get("scoring", []):
         naive, design = s["sequential_clips_per_s"]["median"], s["warm_clips_per_s"]["median"]
         lines.append(f"| scoring {s['n_clips']} clips, v{s['version']}: one at a time vs look-ahead threads and "
                      f"batched requests | {naive:g} clips/s | {design:g} clips/s | {design / naive:.1f}x faster |")
-    f = report["feature_caching"]
-    naive, design = f["recomputed_epoch_s"]["median"], f["cached_epoch_s"]["median"]
-    lines.append(f"| a training epoch ({f['n_clips']} clips, {f['n_patches']} patches): log-mel recomputed every "
-                 f"epoch vs computed once ({f['features_once_s']:g} s) and cached | {naive:g} s | {design:g} s | "
-                 f"{naive / design:.2f}x faster |")
-    for r in report["rest"]:
+    if "feature_caching" in report:
+        f = report["feature_caching"]
+        naive, design = f["recomputed_epoch_s"]["median"], f["cached_epoch_s"]["median"]
+        lines.append(f"| a training epoch ({f['n_clips']} clips, {f['n_patches']} patches): log-mel recomputed every "
+                     f"epoch vs computed once ({f['features_once_s']:g} s) and cached | {naive:g} s | {design:g} s | "
+                     f"{naive / design:.2f}x faster |")
+    for r in report.get("rest", []):
         n = r["naive_full_precision"]
         lines.append(f"| one REST request, v{r['version']}: standard-library JSON at full precision vs orjson, "
                      f"rounded | {n['request_ms']['p50']:g} ms ({n['request_mb']:g} MB) | "
@@ -926,4 +1215,43 @@ def markdown(report: dict) -> str:
             lines.append(f"| one clip over REST, v{r['version']}: one request per patch ({pp['requests_per_clip']}) "
                          f"vs one per clip | {pp['clip_ms']['p50']:g} ms | {r['request_ms']['p50']:g} ms | "
                          f"{pp['clip_ms']['p50'] / r['request_ms']['p50']:.1f}x faster |")
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+_DB_LABEL = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
+
+
+def _ingest_markdown(i: dict) -> list[str]:
+    score = i["score"]
+    lines = [
+        "## Ingest: `asd monitor --once` against `asd score`",
+        "",
+        f"{i['n_source_clips']} test clips copied round into {i['n_machines']} machine folders: {i['n_clips']} clips, "
+        "each copy under another path (another clip to the monitor). Each command is a new process with the same "
+        f"model (v{i['version']}): `asd score FOLDER` prints a line a clip; `asd monitor --once FOLDER` decodes, "
+        "hashes the PCM, scores and stores each clip in its own transaction with the alert rule (anomalous clips "
+        "behind an alert copied to the clip store) into an empty database: a SQLite file, or a database on a local "
+        "PostgreSQL server (`fsync=off`, a throw-away cluster). *Clips/s*: start-up (Python, TensorFlow, model "
+        f"load, the schema) taken out by running each command also on the first folder only ({i['n_small']} "
+        f"clips): (extra clips) / (extra seconds), median of {i['repeats']} pair(s); *with start-up*: the whole "
+        "command's wall time.",
+        "",
+        "| command | clips/s | of `asd score` | with start-up, clips/s | start-up, s | clips counted | peak RSS, MB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, label in (("score", "`asd score`"), ("sqlite", "`asd monitor --once`, SQLite"),
+                       ("postgresql", "`asd monitor --once`, PostgreSQL")):
+        r = i[key]
+        if "skipped" in r:
+            lines.append(f"| {label} | skipped: {r['skipped']} | | | | | |")
+            continue
+        rate = _range(r["clips_per_s"]) if r["clips_per_s"] else "n/a (start-up noise)"
+        ratio = "" if key == "score" else ("n/a" if i["ratio"][key] is None else f"{i['ratio'][key] * 100:.0f} %")
+        startup = "n/a" if r["startup_s"] is None else f"{r['startup_s']:g}"
+        counted = "/".join(map(str, sorted(set(r["clips"]))))
+        lines.append(f"| {label} | {rate} | {ratio} | {_range(r['with_startup_clips_per_s'])} | {startup} | "
+                     f"{counted} | {r['peak_rss_mb']['median']:g} |")
+    lines.append("")
+    if score["clips_per_s"] is None:
+        lines += ["`asd score`'s start-up outweighed its extra clips here: no ratio.", ""]
+    return lines
