@@ -5,6 +5,7 @@ runs where these tests run; see the README's "With Docker".)"""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -238,12 +239,20 @@ def test_app_runs_as_a_non_root_user():
     assert re.search(rf"useradd .*--uid {user.split(':')[0]}\b", dockerfile)
 
 
+# Images whose patch releases have two numbers (PostgreSQL 17.6), optionally with their
+# Debian release; every other image's tag has three.
+TWO_NUMBER_RELEASES = {"postgres": r"\d+\.\d+(-(bookworm|trixie))?"}
+
+
 @pytest.mark.parametrize("name", [n for n in COMPOSE_FILES if n != "compose.yaml"])  # it only includes
 def test_compose_images_are_pinned_to_versions(name):
     for service_name, service in _services(name).items():
         if "image" not in service or "build" in service:
             continue  # built here from pinned sources
         repository, _, tag = service["image"].rpartition(":")
+        if repository in TWO_NUMBER_RELEASES:
+            assert re.fullmatch(TWO_NUMBER_RELEASES[repository], tag), (service_name, service["image"])
+            continue
         assert repository and re.match(r"v?\d+\.\d+\.\d+", tag) and "latest" not in tag, (service_name, service["image"])
 
 
@@ -344,6 +353,163 @@ def test_user_files_stay_out_of_git_and_the_example_is_in():
     assert ".env" in ignored and "data/" in ignored and "runs/" in ignored
     run = subprocess.run(["git", "check-ignore", "-q", ".env.example"], cwd=REPO)
     assert run.returncode == 1, ".env.example must be committed"
+
+
+# -- machine monitoring: PostgreSQL and asd monitor ------------------------------------------
+
+
+def _seconds(duration: str) -> float:
+    """A compose duration such as ``30s``, ``1m30s``."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, duration
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1, "ms": 1e-3, "us": 1e-6}[u] for n, u in parts)
+
+
+def _git_ignored(path: str) -> bool:
+    return subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO).returncode == 0
+
+
+def _secret_file(name: str) -> tuple[str, Path]:
+    """The container path and the repository file of a compose secret."""
+    secret = _compose()["secrets"][name]
+    return f"/run/secrets/{name}", REPO / secret["file"]
+
+
+def test_postgres_keeps_its_data_in_a_named_volume_and_its_password_in_a_git_ignored_secret():
+    compose = _compose()
+    postgres = compose["services"]["postgres"]
+    repository, _, tag = postgres["image"].rpartition(":")
+    assert repository == "postgres" and tag.split(".")[0] in {"16", "17"}  # the official image
+    # data: a named volume declared at the top level (not a bind mount, not the container's layer)
+    volumes = _volumes(postgres)
+    data_volume, read_only = volumes["/var/lib/postgresql/data"]
+    assert data_volume in compose["volumes"] and not read_only
+    # the password: only as a file of a secret, never a value in the environment
+    env = postgres["environment"]
+    assert "POSTGRES_PASSWORD" not in env
+    (secret,) = postgres["secrets"]
+    inside, host = _secret_file(secret)
+    assert env["POSTGRES_PASSWORD_FILE"] == inside
+    relative = host.relative_to(REPO).as_posix()
+    assert _git_ignored(relative), f"{relative} must be git-ignored"
+    tracked = subprocess.run(["git", "ls-files", "--", host.parent.relative_to(REPO).as_posix()],
+                             cwd=REPO, capture_output=True, text=True).stdout
+    assert tracked == "", f"committed secrets: {tracked}"
+    # how to make the file is written where the file is named
+    assert re.search(rf"> *{re.escape(relative)}", (REPO / "docker-compose.prod.yaml").read_text())
+    # ready when it answers on TCP as the monitor's user and database; reachable only inside compose
+    check = postgres["healthcheck"]["test"]
+    assert check[:2] == ["CMD", "pg_isready"] and check[check.index("-h") + 1] == "127.0.0.1"
+    assert check[check.index("-U") + 1] == env["POSTGRES_USER"] and check[check.index("-d") + 1] == env["POSTGRES_DB"]
+    assert "ports" not in postgres and postgres["expose"] == ["5432"]
+    assert postgres["restart"] == "unless-stopped"
+
+
+def test_postgres_healthcheck_passes_on_a_running_server_and_fails_without_one(postgres):
+    """The healthcheck's pg_isready arguments against the tests' real server (its port)."""
+    from .postgres import postgres_bin
+
+    pg_isready = str(postgres_bin() / "pg_isready")
+    check = _services()["postgres"]["healthcheck"]["test"]
+    command = [pg_isready, *check[2:]]
+    at = command.index("-p") + 1
+    assert command[at] == "5432"
+    command[at] = str(postgres.port)
+    assert subprocess.run(command, capture_output=True, timeout=20).returncode == 0
+    command[at] = str(free_port())
+    assert subprocess.run(command, capture_output=True, timeout=20).returncode != 0
+
+
+def _run_with_db_url(service: dict, tmp_path: Path, password: str) -> dict:
+    """Run a service's entrypoint and command as the container's sh would, with the secret
+    at a temporary path and the program replaced by one that reports ASD_DB_URL and its argv."""
+    entrypoint = service["entrypoint"]
+    assert entrypoint[:2] == ["sh", "-c"] and len(entrypoint) == 4
+    script = entrypoint[2]
+    assert "$" not in script.replace("$$", ""), "a lone $ would be interpolated by compose on the host"
+    script = script.replace("$$", "$")
+    (secret,) = service["secrets"]
+    inside, _ = _secret_file(secret)
+    assert inside in script
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(password + "\n")  # as openssl rand writes it
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    program = service["command"][0]
+    (bin_dir / program).write_text(
+        f"#!{sys.executable}\nimport json, os, sys\n"
+        "print(json.dumps({'url': os.environ.get('ASD_DB_URL'), 'argv': [os.path.basename(sys.argv[0])] + sys.argv[1:]}))\n")
+    (bin_dir / program).chmod(0o755)
+    run = subprocess.run(["sh", "-c", script.replace(inside, str(secret_file)), entrypoint[3], *service["command"]],
+                         env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
+                         capture_output=True, text=True, timeout=20)
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)
+
+
+@pytest.mark.parametrize("name", ["monitor", "app"])
+def test_monitor_and_app_build_the_database_url_from_the_secret(name, tmp_path):
+    from secrets import token_hex
+
+    from sqlalchemy.engine import make_url
+
+    services = _services()
+    service, postgres = services[name], services["postgres"]
+    # no URL, and so no password, in the file or the container's configuration
+    assert not any("ASD_DB_URL" in key or "PASSWORD" in key for key in service.get("environment", {}))
+    assert "postgresql" not in yaml.safe_dump(service.get("environment", {}))
+    assert service["secrets"] == postgres["secrets"]
+    password = token_hex(24)
+    seen = _run_with_db_url(service, tmp_path, password)
+    assert seen["argv"] == service["command"]  # the command runs unchanged, with the variable set
+    url = make_url(seen["url"])
+    assert url.drivername == "postgresql+psycopg" and url.password == password
+    assert url.username == postgres["environment"]["POSTGRES_USER"]
+    assert url.database == postgres["environment"]["POSTGRES_DB"]
+    assert url.host == "postgres" and str(url.port) in postgres["expose"]
+
+
+def test_app_entrypoint_keeps_the_images_command():
+    dockerfile = (REPO / "production" / "Dockerfile").read_text().replace("\\\n", " ")
+    (cmd,) = re.findall(r"^CMD (\[.*\])\s*$", dockerfile, re.M)
+    assert _services()["app"]["command"] == json.loads(cmd)
+
+
+def test_monitor_scores_the_incoming_folder_through_serving_into_postgres():
+    from asd.cli import build_parser
+    from asd.monitoring.cli import cmd_monitor
+
+    services = _services()
+    monitor, app = services["monitor"], services["app"]
+    # the app's image and user, started once PostgreSQL and the model are ready
+    assert monitor["image"] == app["image"] and "build" not in monitor and monitor["user"] == app["user"]
+    assert monitor["depends_on"] == {"postgres": {"condition": "service_healthy"},
+                                     "serving": {"condition": "service_healthy"}}
+    assert monitor["restart"] == "unless-stopped"
+    assert _seconds(monitor["stop_grace_period"]) >= 30  # SIGTERM: the clip in hand is finished
+    assert monitor["healthcheck"] == {"disable": True}  # the image's HEALTHCHECK is Streamlit's
+    # the command asd parses: REST to the server and model the app uses
+    command = monitor["command"]
+    assert command[:2] == ["asd", "monitor"]
+    args = build_parser().parse_args(command[1:])
+    assert args.func is cmd_monitor and not args.once and args.model is None
+    assert args.server == app["environment"]["ASD_SERVING_URL"]
+    assert args.name == app["environment"]["ASD_MODEL_NAME"]
+    assert args.name in {c.name for c in _models_config().model_config_list.config}
+    # the folder: the host's incoming recordings, read only; the default folder is git-ignored
+    volumes = _volumes(monitor)
+    (folder,) = args.folders
+    host, read_only = volumes[folder]
+    assert read_only and host == "${ASD_INCOMING_DIR:-./incoming}"
+    assert _git_ignored("incoming/press-07/clip.wav")
+    # the clip store: on a named volume, mounted where the image's user owns the directory
+    # (Docker copies it, owner included, into a new named volume)
+    clip_store = PurePosixPath(monitor["environment"]["ASD_CLIP_STORE"])
+    (mount,) = [m for m in volumes if clip_store.is_relative_to(m)]
+    assert volumes[mount][0] in _compose()["volumes"] and not volumes[mount][1]
+    dockerfile = (REPO / "production" / "Dockerfile").read_text()
+    user = re.search(rf"useradd --uid {monitor['user'].split(':')[0]} .*--create-home (\w+)", dockerfile)
+    assert user and mount == f"/home/{user.group(1)}"
 
 
 # -- healthchecks, executed ----------------------------------------------------------------

@@ -54,7 +54,25 @@ def container(deployment: dict, name: str) -> dict:
 
 
 def env(c: dict) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in c.get("env", [])}
+    """A container's variables with a value (not those from a Secret: :func:`secret_refs`)."""
+    return {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}
+
+
+def secret_refs(c: dict) -> dict[str, dict]:
+    """A container's variables read from a Secret: name -> its secretKeyRef."""
+    return {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c.get("env", [])
+            if "secretKeyRef" in e.get("valueFrom", {})}
+
+
+def expand(arg: str, variables: dict[str, str]) -> str:
+    """``$(VAR)`` in a command or args, as the kubelet expands it from the container's env."""
+    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: variables.get(m[1], m[0]), arg)
+
+
+def claims(deployment: dict) -> dict[str, dict]:
+    """Volume name -> its persistentVolumeClaim source."""
+    return {v["name"]: v["persistentVolumeClaim"] for v in deployment["spec"]["template"]["spec"]["volumes"]
+            if "persistentVolumeClaim" in v}
 
 
 def port(c: dict, name: str) -> int:
@@ -171,7 +189,7 @@ def test_services_autoscaler_and_budget_select_the_serving_pods(rendered):
     assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"]  # a drain can proceed
 
 
-def test_only_the_app_reaches_serving(rendered):
+def test_only_the_app_and_the_monitor_reach_serving(rendered):
     _, objects = rendered
     policy = find(objects, "NetworkPolicy", "asd-serving")
     serving_labels = find(objects, "Deployment", "asd-serving")["spec"]["template"]["metadata"]["labels"]
@@ -180,8 +198,17 @@ def test_only_the_app_reaches_serving(rendered):
     app_rule = policy["spec"]["ingress"][0]
     assert app_rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": app_labels["app.kubernetes.io/name"]}}}]
     assert {p["port"] for p in app_rule["ports"]} == {8500, 8501}
-    for rule in policy["spec"]["ingress"][1:]:  # the others: the metrics port only
+    for rule in policy["spec"]["ingress"][1:]:  # the others: REST (the monitor, metrics) only
         assert {p["port"] for p in rule["ports"]} == {8501}
+    # the monitor's pods are let through to the port of its --server URL
+    monitor = find(objects, "Deployment", "asd-monitor")
+    labels = monitor["spec"]["template"]["metadata"]["labels"]
+    c = container(monitor, "monitor")
+    command = [expand(a, env(c)) for a in c["command"]]
+    server_port = int(command[command.index("--server") + 1].rsplit(":", 1)[1])
+    assert any(p["port"] == server_port for rule in policy["spec"]["ingress"] for p in rule["ports"]
+               if any("namespaceSelector" not in f and f["podSelector"]["matchLabels"].items() <= labels.items()
+                      for f in rule["from"]))
 
 
 def test_app_finds_serving_and_its_config_and_is_probed_where_its_image_says(rendered):
@@ -234,3 +261,62 @@ def test_ingress_lets_the_apps_largest_upload_through(rendered):
     backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
     app_service = find(objects, "Service", backend["name"])
     assert backend["port"]["name"] in {p["name"] for p in app_service["spec"]["ports"]}
+
+
+def test_monitor_runs_the_apps_image_with_the_database_url_from_the_secret(rendered):
+    from asd.cli import build_parser
+    from asd.monitoring.cli import cmd_monitor
+
+    _, objects = rendered
+    monitor, app = find(objects, "Deployment", "asd-monitor"), find(objects, "Deployment", "asd-app")
+    c, a = container(monitor, "monitor"), container(app, "app")
+    pod = monitor["spec"]["template"]["spec"]
+    assert c["image"] == a["image"]  # the app's image (kustomize edit set image changes both)
+    # one pod; the old one is gone, its clip finished, before the new one starts
+    assert monitor["spec"]["replicas"] == 1 and monitor["spec"]["strategy"] == {"type": "Recreate"}
+    assert pod.get("terminationGracePeriodSeconds", 30) >= 30
+
+    # the database URL: from the Secret the user creates, never a value in the manifests
+    db = secret_refs(c)["ASD_DB_URL"]
+    assert db["name"] == "asd-monitoring-db" and db["key"] == "url" and not db.get("optional", False)
+    assert secret_refs(a)["ASD_DB_URL"] == {**db, "optional": True}  # the app starts without monitoring
+    assert "ASD_DB_URL" not in env(c) and "ASD_DB_URL" not in env(a)
+    assert not any(o["kind"] == "Secret" for o in objects)
+    for obj in objects:
+        assert "postgresql+psycopg://" not in yaml.safe_dump(obj), obj["metadata"]["name"]
+    # the command asd parses: the server and model the app uses (as the kubelet expands them)
+    variables = env(c)
+    command = [expand(arg, variables) for arg in c["command"]]
+    assert command[:2] == ["asd", "monitor"] and "$(" not in " ".join(command)
+    args = build_parser().parse_args(command[1:])
+    assert args.func is cmd_monitor and not args.once and args.model is None
+    assert args.server == env(a)["ASD_SERVING_URL"] and args.name == env(a)["ASD_MODEL_NAME"]
+    assert args.name in configured_model_names(KUBERNETES / "base" / "models.config")
+    assert args.poll and args.poll > 0  # file events do not cross a network file system
+
+    # volumes: the incoming claim shared with the recorders, read only here; the clip store its own
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    (folder,) = args.folders
+    incoming = mounts[folder]
+    assert incoming["readOnly"] is True
+    pvcs = {o["metadata"]["name"]: o for o in objects if o["kind"] == "PersistentVolumeClaim"}
+    volume_claims = claims(monitor)
+    incoming_claim = pvcs[volume_claims[incoming["name"]]["claimName"]]
+    assert volume_claims[incoming["name"]]["readOnly"] is True
+    assert set(incoming_claim["spec"]["accessModes"]) & {"ReadWriteMany", "ReadOnlyMany"}
+    store = mounts[variables["ASD_CLIP_STORE"]]
+    assert not store.get("readOnly", False)
+    store_claim = pvcs[volume_claims[store["name"]]["claimName"]]
+    assert store_claim is not incoming_claim and store_claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert {v["claimName"] for v in claims(monitor).values()}.isdisjoint(
+        {v["claimName"] for v in claims(find(objects, "Deployment", "asd-serving")).values()})
+
+    # the app's user, who owns the clip store's files (fsGroup), nothing to escalate
+    dockerfile = (REPO / "production" / "Dockerfile").read_text()
+    uid = int(re.search(r"useradd --uid (\d+)", dockerfile).group(1))
+    security = pod["securityContext"]
+    assert security["runAsNonRoot"] is True and security["runAsUser"] == uid and security["fsGroup"] == security["runAsGroup"]
+    assert {k: v for k, v in security.items() if k != "fsGroup"} == app["spec"]["template"]["spec"]["securityContext"]
+    assert c["securityContext"] == a["securityContext"]
+    for kind in ("requests", "limits"):
+        assert set(c["resources"][kind]) == {"cpu", "memory"}, kind
