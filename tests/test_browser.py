@@ -300,3 +300,59 @@ def test_the_calibrate_page_publishes_a_version_the_picker_shows(browser, calibr
     expect(page.get_by_role("option", name=re.compile(r"toycar v5 .*3 clips of 'target' enrolled into v4"))).to_have_count(1)
     _shot(page, "9_picker_with_the_enrolled_version")
     context.close()
+
+
+@pytest.fixture(scope="module")
+def machines_app(tmp_path_factory):
+    """The app over a monitoring database seeded by ``asd monitor --once`` on real clips:
+    press-07 fed three copies of a clip the shipped model flags (an open alert), fan-02
+    the subset's normal test clips. Returns ``(app URL, database URL)``."""
+    from .conftest import SUBSET
+    from .test_cli import asd
+
+    root = tmp_path_factory.mktemp("machines")
+    db_url = f"sqlite:///{root / 'monitoring.db'}"
+    (root / "incoming" / "press-07").mkdir(parents=True)
+    (root / "incoming" / "fan-02").mkdir()
+    for i in range(3):
+        shutil.copy(SAMPLE_FLAGGED, root / "incoming" / "press-07" / f"2026-11-03T10-0{i}-00.wav")
+    for i, clip in enumerate(sorted((SUBSET / "test").glob("*target_test_normal*.flac"))):
+        shutil.copy(clip, root / "incoming" / "fan-02" / f"2026-11-03T10-0{i}-00.flac")
+    seeded = asd("monitor", "--model", SHIPPED_MODELS, "--name", "toycar", "--db", db_url, "--once", root / "incoming")
+    assert seeded.returncode == 0 and "press-07: scored 3 (3 anomalous)" in seeded.stderr, seeded.stderr
+    app, url = _start_app({**_base_env(), "ASD_DB_URL": db_url}, root / "app.log")
+    yield url, db_url
+    stop_process(app)
+
+
+def test_the_machines_page_shows_the_trend_and_the_open_alert_and_acknowledges_it(browser, machines_app):
+    from asd.monitoring.store import open_store
+
+    url, db_url = machines_app
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(STARTUP_S * 1000)
+    page.goto(f"{url}/Machines")
+    table = page.locator('[data-testid="stDataFrame"]').first
+    expect(table).to_be_visible()
+    expect(page.get_by_text(re.compile(r"Alert #\d+ on press-07 \(raised\): raised 20"))).to_be_visible()  # open alerts first
+    trend = page.locator(".js-plotly-plot").first
+    expect(trend).to_contain_text("press-07: anomaly score per clip")
+    expect(trend).to_contain_text("decision threshold")
+    expect(trend.locator(".scatterlayer .point")).to_have_count(3)
+    expect(page.locator("audio")).to_have_count(1)  # the newest clip, played from where it arrived
+    expect(page.locator(".js-plotly-plot")).to_have_count(2)  # trend and the clip's spectrogram
+    _shot(page, "10_machines_open_alert")
+    page.get_by_label("Your name").fill("J. Doe")
+    page.get_by_label("Note (what you checked or did)").fill("bearing checked")
+    page.get_by_role("button", name="Acknowledge").click()
+    expect(page.get_by_text("Acknowledged by J. Doe")).to_be_visible()
+    _shot(page, "11_machines_acknowledged")
+    store = open_store(db_url)
+    [alert] = store.alerts(machine="press-07")
+    assert (alert.state, alert.acknowledged_by, alert.note) == ("acknowledged", "J. Doe", "bearing checked")
+    store.close()
+    page.get_by_role("combobox", name="Machine").click()
+    page.get_by_role("option", name="fan-02").click()
+    expect(page.get_by_text("No open alert on fan-02.")).to_be_visible()
+    context.close()

@@ -422,16 +422,16 @@ def show_clip(result: ClipResult, data: bytes, detector: Detector) -> None:
         st.plotly_chart(error_over_time(result, meta.score_unit, meta.frame_threshold_value), width="stretch")
     st.subheader("Spectrograms")
     band_hz = detector.features.mel_band_hz
-    st.plotly_chart(spectrogram_heatmap(result.logmel, result, band_hz, "Log-mel spectrogram (input)", "dB"),
+    st.plotly_chart(spectrogram_heatmap(result.logmel, result.frame_times_s, band_hz, "Log-mel spectrogram (input)", "dB"),
                     width="stretch")
     if result.reconstruction is None:
         st.caption("This model does not reconstruct its input, so there is no reconstruction or error map.")
         return
-    st.plotly_chart(spectrogram_heatmap(result.reconstruction, result, band_hz,
+    st.plotly_chart(spectrogram_heatmap(result.reconstruction, result.frame_times_s, band_hz,
                                         "Reconstruction (what the model expects of a normal sound)", "dB"),
                     width="stretch")
     error_map = abs(result.logmel - result.reconstruction)
-    st.plotly_chart(spectrogram_heatmap(error_map, result, band_hz,
+    st.plotly_chart(spectrogram_heatmap(error_map, result.frame_times_s, band_hz,
                                         "Error map: |input - reconstruction| (where the sound differs)", "dB",
                                         colorscale="Reds"),
                     width="stretch")

@@ -18,7 +18,8 @@ ABOVE_COLOUR = "crimson"
 
 
 def spectrogram_heatmap(
-    values: np.ndarray, result: ClipResult, band_hz: np.ndarray, title: str, unit: str, colorscale: str = "Viridis"
+    values: np.ndarray, frame_times_s: np.ndarray, band_hz: np.ndarray, title: str, unit: str,
+    colorscale: str = "Viridis"
 ) -> go.Figure:
     """A ``(n_mels, n_frames)`` map over time (s) and frequency (Hz).
 
@@ -29,8 +30,8 @@ def spectrogram_heatmap(
     ----------
     values : np.ndarray [shape=(n_mels, n_frames)]
         Log-mel (dB), reconstruction (dB) or error (dB).
-    result : ClipResult
-        Gives the frame times.
+    frame_times_s : np.ndarray [shape=(n_frames,)]
+        Start time of each frame (s), e.g. :attr:`ClipResult.frame_times_s`.
     band_hz : np.ndarray [shape=(n_mels,)]
         Band centre frequencies (:attr:`asd.features.FeatureConfig.mel_band_hz`).
     title, unit : str
@@ -42,7 +43,7 @@ def spectrogram_heatmap(
     figure = go.Figure(
         go.Heatmap(
             z=values,
-            x=result.frame_times_s,
+            x=frame_times_s,
             y=np.arange(n_bands),
             customdata=np.repeat(band_hz[:, None], values.shape[1], axis=1),
             hovertemplate="%{x:.2f} s, %{customdata:.0f} Hz: %{z:.1f} " + unit + "<extra></extra>",

@@ -196,6 +196,21 @@ class HistoryRow:
     verdict: str | None
     unfamiliarity: float | None
     problem: str | None
+    stored_path: str | None = None
+
+
+@dataclass
+class MachineStatus:
+    """A machine at a glance (the app's machines table)."""
+
+    name: str
+    n_clips: int
+    last_recorded_at: datetime | None
+    last_verdict: str | None  # the newest clip's verdict, or "failed"
+    open_alert_id: int | None
+    open_alert_state: str | None
+    open_alert_raised_at: datetime | None
+    rule_override: dict  # {"k", "n", "m"}: what the app set, None where it set nothing
 
 
 class Store:
@@ -409,7 +424,25 @@ class Store:
         return [HistoryRow(name, c.id, c.path, c.recorded_at, c.scored_at, c.status,
                            s.model_name if s else None, s.model_version if s else None, s.score if s else None,
                            s.threshold if s else None, s.verdict if s else None, s.unfamiliarity if s else None,
-                           c.problem) for name, c, s in reversed(rows)]
+                           c.problem, c.stored_path) for name, c, s in reversed(rows)]
+
+    def overview(self) -> list[MachineStatus]:
+        """Every machine with its newest clip and open alert: machines with an open alert
+        first, then by name."""
+        statuses = []
+        with self.transaction() as session:
+            for machine in session.scalars(select(Machine).order_by(Machine.name)):
+                n_clips = session.scalar(select(func.count()).select_from(Clip).where(Clip.machine_id == machine.id))
+                last = session.execute(
+                    select(Clip, Score).outerjoin(Score, Score.clip_id == Clip.id).where(Clip.machine_id == machine.id)
+                    .order_by(Clip.recorded_at.desc(), Clip.id.desc()).limit(1)).first()
+                alert = self.open_alert(session, machine)
+                statuses.append(MachineStatus(
+                    machine.name, n_clips, last[0].recorded_at if last else None,
+                    (last[1].verdict if last[1] else FAILED) if last else None,
+                    alert.id if alert else None, alert.state if alert else None, alert.raised_at if alert else None,
+                    {"k": machine.raise_k, "n": machine.raise_n, "m": machine.clear_m}))
+        return sorted(statuses, key=lambda s: (s.open_alert_id is None, s.name))
 
     def counts(self) -> dict[str, int]:
         """Rows per table (clips, scores, alerts), for summaries and tests."""

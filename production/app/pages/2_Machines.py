@@ -1,0 +1,153 @@
+"""Machines: what ``asd monitor`` has seen, machine by machine (issue 23).
+
+Reads the monitoring database ``asd monitor`` writes, at ``ASD_DB_URL`` (default: the
+SQLite file in the data folder, :func:`asd.monitoring.store.default_db_url`). A table of
+machines comes first, open alerts at the top; then one machine's score trend (threshold
+line, points coloured by verdict, model-version changes marked), a clip's spectrogram
+and audio, its open alert with an Acknowledge button, and its alert rule.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from asd.audio import AudioError
+from asd.monitoring.alerts import AlertRule
+from asd.monitoring.figures import clip_spectrogram, score_trend
+from asd.monitoring.store import StoreError, default_db_url, open_store
+
+# Clips drawn in one machine's trend (the newest): a year of hourly clips is 8,760 points,
+# which plotly draws but a person cannot read; older ones are in asd history.
+TREND_CLIPS = 2000
+
+
+@st.cache_resource(show_spinner=False)
+def store_at(url: str):
+    return open_store(url)
+
+
+def ago(when: datetime | None) -> str:
+    """``when`` as a duration before now: "42 s", "5 min", "3 h", "2 d"."""
+    if when is None:
+        return "never"
+    seconds = max(0.0, (datetime.now(timezone.utc) - when).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def machines_table(statuses) -> pd.DataFrame:
+    return pd.DataFrame([{
+        "machine": s.name,
+        "alert": f"{s.open_alert_state} (#{s.open_alert_id}, {ago(s.open_alert_raised_at)} ago)" if s.open_alert_id else "",
+        "latest verdict": s.last_verdict or "",
+        "since the last clip": ago(s.last_recorded_at),
+        "clips": s.n_clips,
+    } for s in statuses])
+
+
+def show_alert(store, machine: str) -> None:
+    """The machine's open alert, its clips, and the Acknowledge form."""
+    alerts = store.alerts(open_only=True, machine=machine)
+    if not alerts:
+        st.success(f"No open alert on {machine}.")
+        return
+    alert = alerts[0]
+    text = (f"Alert #{alert.id} on {machine} ({alert.state}): raised {alert.raised_at:%Y-%m-%d %H:%M:%S} UTC "
+            f"({alert.rule}); {len(alert.clips)} clip(s) kept.")
+    if alert.acknowledged_by:
+        st.warning(f"{text} Acknowledged by {alert.acknowledged_by} at {alert.acknowledged_at:%Y-%m-%d %H:%M:%S} UTC"
+                   + (f": {alert.note}" if alert.note else "."))
+        return
+    st.error(text)
+    with st.form(f"ack-{alert.id}"):
+        by = st.text_input("Your name", key=f"ack-by-{alert.id}")
+        note = st.text_input("Note (what you checked or did)", key=f"ack-note-{alert.id}")
+        if st.form_submit_button("Acknowledge", type="primary"):
+            try:
+                store.acknowledge(alert.id, by, note or None)
+            except StoreError as exc:
+                st.error(str(exc))
+                return
+            st.rerun()
+
+
+def show_clip(row) -> None:
+    """The selected clip: what the monitor stored, its spectrogram and its audio (from the
+    clip store when kept there, else where it arrived)."""
+    verdict = row.verdict or "failed"
+    st.markdown(f"**{Path(row.path).name}**: recorded {row.recorded_at:%Y-%m-%d %H:%M:%S} UTC, {verdict}"
+                + (f", anomaly score {row.score:.4f} (threshold {row.threshold:.4f}, "
+                   f"{row.model_name} v{row.model_version})" if row.score is not None else f": {row.problem}"))
+    source = row.stored_path if row.stored_path and Path(row.stored_path).is_file() else row.path
+    if not Path(source).is_file():
+        st.info(f"The recording is no longer at {row.path} (the incoming folder was cleaned); clips behind an alert "
+                "are kept in the clip store.")
+        return
+    st.audio(Path(source).read_bytes())
+    try:
+        st.plotly_chart(clip_spectrogram(source), width="stretch")
+    except (AudioError, OSError) as exc:
+        st.info(f"No spectrogram: {exc}")
+
+
+def show_rule(store, status) -> None:
+    """The machine's alert rule, as the app overrides it (the rules file gives the rest)."""
+    with st.expander("Alert rule"):
+        current = AlertRule(**{k: v for k, v in status.rule_override.items() if v is not None})
+        st.caption("Set here, it overrides the monitor's rules file for this machine.")
+        with st.form(f"rule-{status.name}"):
+            k = st.number_input("anomalous verdicts (k) ...", 1, 100, current.k)
+            n = st.number_input("... of the last n", 1, 100, current.n)
+            m = st.number_input("normal verdicts in a row that clear it (m)", 1, 100, current.m)
+            if st.form_submit_button("Save rule"):
+                try:
+                    rule = AlertRule(k=k, n=n, m=m)
+                except ValueError as exc:
+                    st.error(str(exc).splitlines()[-1])
+                    return
+                store.set_rule(status.name, rule.k, rule.n, rule.m)
+                st.success(f"Saved: {rule.describe()}.")
+
+
+def main() -> None:
+    st.set_page_config(page_title="Machines: machine sound anomaly detector", layout="wide")
+    st.title("Machines")
+    url = default_db_url()
+    try:
+        store = store_at(url)
+        statuses = store.overview()
+    except StoreError as exc:
+        st.error(f"The monitoring database is not available: {exc}")
+        return
+    if not statuses:
+        st.info(f"No machine in {store.url} yet: `asd monitor` fills it (README, \"Monitoring over time\").")
+        return
+    st.caption(f"From {store.url}, as `asd monitor` wrote it.")
+    st.dataframe(machines_table(statuses), hide_index=True)
+    names = [s.name for s in statuses]
+    machine = st.selectbox("Machine", names, key="machine")
+    status = statuses[names.index(machine)]
+    show_alert(store, machine)
+    rows = store.history(machine, limit=TREND_CLIPS)
+    chart = st.plotly_chart(score_trend(rows, machine), width="stretch", on_select="rerun", selection_mode="points",
+                            key=f"trend-{machine}")
+    by_id = {r.clip_id: r for r in rows}
+    points = (chart.selection.points if chart and chart.selection else []) or []
+    picked = next((by_id.get(p["customdata"][0]) for p in points if p.get("customdata")), None)
+    if picked is None and rows:
+        newest_first = list(reversed(rows))
+        labels = [f"{r.recorded_at:%Y-%m-%d %H:%M:%S}  {Path(r.path).name}  ({r.verdict or 'failed'})" for r in newest_first]
+        st.caption("Select a point in the plot, or pick a clip:")
+        picked = newest_first[st.selectbox("Clip", range(len(labels)), format_func=labels.__getitem__, key="clip")]
+    if picked is not None:
+        show_clip(picked)
+    show_rule(store, status)
+
+
+main()
