@@ -258,3 +258,33 @@ def test_flagged_anomalies_raise_one_alert_keep_its_clips_and_notify_once_per_st
     assert [e.state for e in row.events] == ["raised", "acknowledged", "cleared"]
     assert all(e.notified_at is not None for e in row.events)
     store.close()
+
+
+def test_bad_input_to_asd_monitor_is_one_line_and_a_flat_folder_needs_machine(tmp_path):
+    from .conftest import free_port
+
+    db_url = f"sqlite:///{tmp_path / 'm.db'}"
+    base = ["monitor", "--model", SHIPPED_MODELS, "--name", "toycar", "--db", db_url, "--once"]
+    cases = {
+        "no such folder": base + [tmp_path / "nowhere"],
+        "not a notification URL": base + ["--notify", "nonsense-scheme://x", tmp_path],
+        "k (4) cannot exceed n (2)": base + ["--rules", _write(tmp_path / "r.yaml", "default: {k: 4, n: 2}\n"), tmp_path],
+        "is not reachable": ["monitor", "--server", f"http://127.0.0.1:{free_port()}", "--name", "toycar", "--db", db_url,
+                         "--once", tmp_path],
+    }
+    for expected, args in cases.items():
+        run = asd(*args)
+        assert run.returncode == 2 and "Traceback" not in run.stderr, (expected, run.stderr)
+        assert run.stderr.strip().splitlines()[-1].startswith("asd: error: ") and expected in run.stderr, run.stderr
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    shutil.copy(sorted((SUBSET / "test").glob("*.flac"))[0], flat / "2026-11-03T10-00-00.flac")
+    run = asd(*base[:-1], "--once", flat)
+    assert run.returncode == 0 and "not in a machine folder" in run.stderr and "give --machine ID" in run.stderr
+    run = asd(*base, "--machine", "pump-1", flat)
+    assert run.returncode == 0 and "pump-1: scored 1" in run.stderr, run.stderr
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path

@@ -141,3 +141,30 @@ def test_sigterm_while_watching_exits_0_with_a_summary(tmp_path, poll):
     finally:
         _stop(monitor, log)
     assert "asd: machine-0: scored 1" in log.read_text() and "asd: machine-1: scored 1" in log.read_text()
+
+
+def test_a_model_server_that_is_down_is_waited_for_and_the_clips_wait(tmp_path):
+    from asd.processes import free_port, start_process, stop_process
+
+    port = free_port()
+    db_url = f"sqlite:///{tmp_path / 'm.db'}"
+    incoming, log = tmp_path / "incoming", tmp_path / "monitor.log"
+    incoming.mkdir()
+    Feeder(CLIPS[:2], incoming, gap_s=0.0).run()
+    monitor = subprocess.Popen(
+        [sys.executable, "-m", "asd.cli", "monitor", "--server", f"http://127.0.0.1:{port}", "--name", "toycar",
+         "--db", db_url, "--settle", "0.3", str(incoming)], stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    server = None
+    try:
+        _wait_for(lambda: "asking again" in log.read_text(), 60, "the monitor to find the server down", log)
+        assert monitor.poll() is None and _stored(db_url) == []
+        server = start_process([sys.executable, "-m", "asd.standins", "--models", str(SHIPPED_MODELS), "--port",
+                                str(port)], {**os.environ}, tmp_path / "serving.log",
+                               f"http://127.0.0.1:{port}/v1/models/toycar")
+        _wait_for(lambda: len(_stored(db_url)) == 2, 120, "the clips once the server is up", log)
+    finally:
+        if monitor.poll() is None:
+            _stop(monitor, log)
+        if server is not None:
+            stop_process(server)
+    assert {status for _, status in _stored(db_url)} == {"scored"}

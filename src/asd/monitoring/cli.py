@@ -10,6 +10,7 @@ import json
 import re
 import signal
 import sys
+import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -51,6 +52,31 @@ def _db(args) -> str:
     return args.db or default_db_url()
 
 
+def _detector_when_up(args, make_detector, stop):
+    """The model; watching, a server not up yet (the stack starting, a restart) is asked
+    again after 1, 2, 4 ... 30 s, until ``stop`` is set (then None); with --once it is
+    an error at once.
+
+    Raises
+    ------
+    asd.serving.ServingError
+        With --once, or an error that waiting does not fix (no such model).
+    """
+    from ..serving import ServingError
+
+    delay = 1.0
+    while not stop.is_set():
+        try:
+            return make_detector(args)
+        except ServingError as exc:
+            if args.once or not exc.retryable:
+                raise
+            print(f"asd: {exc}; asking again in {delay:.0f} s", file=sys.stderr, flush=True)
+            stop.wait(delay)
+            delay = min(2 * delay, 30.0)
+    return None
+
+
 def cmd_monitor(args) -> int:
     from ..cli import _detector
     from .alerts import load_rules
@@ -71,13 +97,18 @@ def cmd_monitor(args) -> int:
         make_notifier(rules.notify)  # a bad URL fails now, not at the first alert
     db = _db(args)
     store = open_store(db)
-    detector = _detector(args)
+    # SIGTERM (docker stop, Kubernetes) and Ctrl-C: finish the clip in hand, then exit 0
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    detector = _detector_when_up(args, _detector, stop)
+    if detector is None:
+        store.close()
+        return 0
     monitor = Monitor(detector, store, folders, machine=args.machine, rules=rules,
                       clip_store=Path(args.clip_store) if args.clip_store else default_clip_store(db),
                       batch_size=args.batch_size, server_attempts=args.server_attempts if args.once else None)
-    # SIGTERM (docker stop, Kubernetes) and Ctrl-C: finish the clip in hand, then exit 0
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: monitor.stop.set())
+    monitor.stop = stop
     meta = detector.metadata
     print(f"asd: monitoring {', '.join(map(str, folders))} with {meta.name} v{meta.version} into {store.url}"
           + ("" if args.once else " (watching; SIGTERM or Ctrl-C stops)"), file=sys.stderr, flush=True)
