@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 import pytest
 import soundfile as sf
 
+from asd.layout import versions
 from asd.monitoring.alerts import AlertRule, RuleBook, load_rules, next_state, should_clear, should_raise
 from asd.monitoring.clips import machine_of, timestamp_in_name
 from asd.monitoring.store import StoreError, open_store, upgrade
@@ -137,7 +138,8 @@ def test_monitor_once_stores_each_of_200_real_clips_once(db_url, tmp_path):
     assert store.counts()["clips"] == 200 and store.counts()["scores"] == 200
     rows = store.history()
     assert {r.machine for r in rows} == {f"machine-{i}" for i in range(4)}
-    assert all(r.model_name == "toycar" and r.model_version == 4 and r.verdict in ("normal", "anomalous", "unfamiliar")
+    latest = max(versions(SHIPPED_MODELS / "toycar"))  # what --model without --model-version serves
+    assert all(r.model_name == "toycar" and r.model_version == latest and r.verdict in ("normal", "anomalous", "unfamiliar")
                for r in rows)
     with_name = {r.path.rsplit("/", 1)[-1]: r for r in rows}
     first = with_name[clips[0].name]
@@ -164,7 +166,7 @@ def test_a_clip_that_cannot_be_used_is_stored_failed_once_and_history_prints_it(
     history = asd("history", "--db", db_url, "--machine", "pump-1", "--since", "2026-11-03", "--format", "json")
     rows = json.loads(history.stdout)
     assert [r["status"] for r in rows] == ["scored", "failed", "failed"]
-    assert rows[0]["recorded_at"] == "2026-11-03T10:00:00Z" and rows[0]["model_version"] == 4
+    assert rows[0]["recorded_at"] == "2026-11-03T10:00:00Z" and rows[0]["model_version"] == max(versions(SHIPPED_MODELS / "toycar"))
     assert "not a WAV or FLAC" in rows[1]["problem"] or "cannot" in rows[1]["problem"]
     assert "silent" in rows[2]["problem"]
     later = asd("history", "--db", db_url, "--machine", "pump-1", "--since", "2026-11-03T10:06:00Z", "--format", "csv")
