@@ -282,6 +282,32 @@ def cmd_enroll_curve(args) -> int:
     return 0
 
 
+def cmd_baseline_curve(args) -> int:
+    from .measure.baseline_curve import TARGET_WINDOW, run_baseline_curve
+
+    if not Path(args.data, "test").is_dir():
+        raise FileNotFoundError(f"{args.data}: needs a labelled test/ folder (a machine-type folder such as dev_data/ToyCar)")
+    ks = sorted({int(k) for k in args.ks.split(",") if k.strip()})
+    windows = sorted({int(w) for w in args.windows.split(",") if w.strip()})
+    if not ks or any(k < 0 for k in ks) or 1 in ks:
+        raise ValueError("--ks must be non-negative integers other than 1 (a threshold needs 2 baseline clips), "
+                         "separated by commas, e.g. 0,3,5,8")
+    if not windows or any(w < 1 for w in windows):
+        raise ValueError("--windows must be positive integers separated by commas, e.g. 1,5")
+    rules = [r.strip() for r in args.rules.split(",") if r.strip()] if args.rules else None
+    report = run_baseline_curve(args.model, args.data, args.out, name=args.name, version=args.model_version, ks=ks,
+                                windows=windows, draws=args.draws, rules=rules, seed=args.seed, cache=args.cache,
+                                log=lambda line: print(line, file=sys.stderr))
+    out = Path(args.out)
+    print((out / "baselines.md").read_text(), end="")
+    print(f"report: {out / 'baselines.md'}, {out / 'baselines.json'}, {out / 'baselines.png'}")
+    missed = [key for key, ok in report["targets_met"][report["default_rule"]].items() if not ok]
+    if missed:
+        print(f"asd baseline-curve: targets (windows of {TARGET_WINDOW}) missed by {report['default_rule']}: "
+              f"{', '.join(missed)}", file=sys.stderr)
+    return 0
+
+
 def cmd_robustness(args) -> int:
     from .measure.robustness import run_robustness
 
@@ -481,6 +507,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "bank clips or on the training clips (asd.enrolment.bank_threshold)")
     p.set_defaults(func=cmd_enroll_curve)
 
+    p = sub.add_parser("baseline-curve", help="a healthy baseline per machine (issue 29): k of each machine's normal "
+                       "test clips as its baseline, the rest scored against the bank plus the baseline; AUC per clip "
+                       "and per window, and false alarms and recall at thresholds fitted from the baseline alone")
+    p.add_argument("--model", required=True, metavar="DIR", help="models directory (or a version directory)")
+    p.add_argument("--name", help="model name in it")
+    p.add_argument("--model-version", type=int, help="model version (default: latest)")
+    p.add_argument("--data", required=True, help="machine-type folder with labelled test/ clips (e.g. dev_data/ToyCar)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for baselines.md, baselines.json, baselines.png")
+    p.add_argument("--ks", default="0,3,5,8", metavar="K,K", help="baseline clips per machine (default 0,3,5,8)")
+    p.add_argument("--windows", default="1,5", metavar="W,W", help="clips per window score (default 1,5)")
+    p.add_argument("--draws", type=_positive_int, default=10, help="random draws per k > 0 (default 10)")
+    p.add_argument("--rules", metavar="RULE[:C],...", help="threshold rules measured, each optionally with its "
+                   "constant (asd.monitoring.baselines.RULES; default: all, with their default constants)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
+    p.add_argument("--cache", metavar="FILE", help="keep the clips' served scores and embeddings in this .npz "
+                   "(e.g. runs/baseline_curve/toycar.npz; reused when the version and clips match)")
+    p.set_defaults(func=cmd_baseline_curve)
+
     p = sub.add_parser("robustness", help="score the labelled test clips clean and through the recording chain "
                        "(resampling, gain, bit depth, DC, noise, low-pass); write a report")
     _add_backend_options(p)
@@ -557,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.func in (cmd_benchmark, cmd_bench, cmd_loadtest, cmd_enroll_curve, cmd_enroll):  # they import TensorFlow at once
+        if args.func in (cmd_benchmark, cmd_bench, cmd_loadtest, cmd_enroll_curve, cmd_enroll, cmd_baseline_curve):  # they import TensorFlow at once
             import_tensorflow()
         return args.func(args)
     except USER_ERRORS as exc:

@@ -126,18 +126,57 @@ def window_scores(scores: np.ndarray, window: int = DEFAULT_WINDOW) -> np.ndarra
     return (sums[ends] - sums[starts]) / (ends - starts)
 
 
-#: Threshold rules :func:`fit_threshold` knows
-RULES = ("max_spread",)
+#: Threshold rules :func:`fit_threshold` knows, each with its constant (``level``) by default:
+#: a spread multiplier for ``max_spread`` and ``mean_sd``, a margin on the largest score for
+#: ``max_loo``, a quantile of the window mean for ``gamma`` and ``pooled_gamma``.
+RULE_LEVELS = {"max_spread": 2.0, "max_loo": 1.0, "mean_sd": 2.0, "gamma": 0.99, "pooled_gamma": 0.99}
+RULES = tuple(RULE_LEVELS)
 DEFAULT_RULE = "max_spread"
 
 
-def fit_threshold(loo_scores: np.ndarray, window: int = DEFAULT_WINDOW, rule: str = DEFAULT_RULE) -> float:
+def _gamma_window_quantile(mean: float, shape: float, window: int, quantile: float) -> float:
+    """The ``quantile`` of the mean of ``window`` independent gamma clip scores of shape
+    ``shape`` and mean ``mean`` (itself gamma: shape ``window * shape``, same mean)."""
+    from scipy import stats
+
+    a = window * shape
+    return float(mean * stats.gamma.ppf(quantile, a) / a)
+
+
+def _gamma_shape(relative: np.ndarray) -> float:
+    """The gamma shape of scores divided by their mean (maximum likelihood, location 0;
+    the moments' ``1 / cv^2`` when the fit fails)."""
+    from scipy import stats
+
+    relative = relative[relative > 0]
+    cv2 = max(float(np.var(relative)), 1e-6)
+    try:
+        shape, _, _ = stats.gamma.fit(relative, floc=0)
+    except Exception:  # noqa: BLE001 (a degenerate sample: the moments' estimate)
+        shape = 1.0 / cv2
+    return float(shape if np.isfinite(shape) and shape > 0 else 1.0 / cv2)
+
+
+def fit_threshold(loo_scores: np.ndarray, window: int = DEFAULT_WINDOW, rule: str = DEFAULT_RULE, *,
+                  level: float | None = None, pool=None) -> float:
     """A machine's decision threshold on window scores, from its baseline clips' leave-one-out
     scores alone (no test labels).
 
-    ``max_spread``: ``mean + 2 (max - mean) / sqrt(window)``: the largest healthy clip
-    score says how far one healthy clip strays; a mean over ``window`` clips strays about
-    ``1 / sqrt(window)`` as far (independent clips), and 2 of those leaves room.
+    With ``s`` the leave-one-out scores, ``m`` their mean, ``w`` the window and ``c`` the
+    rule's constant (``level``, default :data:`RULE_LEVELS`):
+
+    - ``max_spread``: ``m + c (max(s) - m) / sqrt(w)``: the largest healthy clip score says
+      how far one healthy clip strays; a mean over ``w`` clips strays about ``1 / sqrt(w)``
+      as far (independent clips), and ``c`` (2) of those leaves room.
+    - ``max_loo``: ``c max(s)``: the largest healthy clip score (window ignored).
+    - ``mean_sd``: ``m + c sd(s)`` (window ignored; the issue's "mean + 2 sd").
+    - ``gamma``: a gamma distribution (location 0) fitted to ``s`` alone; the threshold is
+      the ``c`` quantile (0.99) of the mean of ``w`` independent such clip scores.
+    - ``pooled_gamma``: the same quantile, but the gamma's *shape* (how spread healthy
+      scores are relative to their level) comes from ``pool``, every machine's baseline
+      scores, each divided by its own mean; only the *level* ``m`` is the machine's own.
+      A handful of clips gives a fair mean but a poor spread; the fleet's baselines give
+      the spread from many clips. Without ``pool``, the machine's own scores.
 
     Parameters
     ----------
@@ -147,17 +186,38 @@ def fit_threshold(loo_scores: np.ndarray, window: int = DEFAULT_WINDOW, rule: st
         Clips per window score.
     rule : str
         One of :data:`RULES`.
+    level : float, optional
+        The rule's constant (default :data:`RULE_LEVELS` ``[rule]``).
+    pool : sequence of np.ndarray, optional
+        ``pooled_gamma`` only: leave-one-out scores of every machine's baseline (this
+        machine's included, or not); ignored by the other rules.
 
     Raises
     ------
     ValueError
         Fewer than 2 scores, or an unknown rule.
     """
+    if rule not in RULE_LEVELS:
+        raise ValueError(f"unknown threshold rule {rule!r}; known: {', '.join(RULES)}")
+    if window < 1:
+        raise ValueError("a window holds at least 1 clip")
     s = np.asarray(loo_scores, np.float64)
     s = s[np.isfinite(s)]
     if len(s) < 2:
         raise ValueError("a threshold needs at least 2 baseline clips")
+    c = float(RULE_LEVELS[rule] if level is None else level)
+    mean = float(s.mean())
     if rule == "max_spread":
-        mean = s.mean()
-        return float(mean + 2.0 * (s.max() - mean) / np.sqrt(window))
-    raise ValueError(f"unknown threshold rule {rule!r}; known: {', '.join(RULES)}")
+        return float(mean + c * (s.max() - mean) / np.sqrt(window))
+    if rule == "max_loo":
+        return float(c * s.max())
+    if rule == "mean_sd":
+        return float(mean + c * s.std(ddof=1))
+    if not 0.0 < c < 1.0:
+        raise ValueError(f"the {rule} rule's level is a quantile in (0, 1), got {c}")
+    if rule == "gamma" or pool is None:
+        return _gamma_window_quantile(mean, _gamma_shape(s / mean), window, c)
+    relative = [np.asarray(p, np.float64) for p in pool]
+    relative = [p[np.isfinite(p)] for p in relative]
+    relative = np.concatenate([p / p.mean() for p in relative if len(p) >= 2 and p.mean() > 0] or [s / mean])
+    return _gamma_window_quantile(mean, _gamma_shape(relative), window, c)
