@@ -411,8 +411,17 @@ def cmd_resave(args) -> int:
     from .layout import resolve_version_dir
 
     version_dir = resolve_version_dir(args.model, args.name, args.model_version)
+    if args.add_embedding:
+        import_tensorflow()
+        from .enrolment import EnrolmentError, add_embedding_output
+
+        try:
+            add_embedding_output(version_dir, log=print)
+        except EnrolmentError as exc:
+            return _fail(str(exc))
+        return 0
     if not args.out and not args.in_place:
-        return _fail("say where: --out DIR (a new version directory) or --in-place")
+        return _fail("say where: --out DIR (a new version directory), --in-place or --add-embedding")
     tf = import_tensorflow()
     from .export import replace_savedmodel, resave_savedmodel
 
@@ -591,6 +600,10 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--out", metavar="DIR", help="write the re-saved version to DIR (must not exist)")
     where.add_argument("--in-place", action="store_true",
                        help="replace saved_model.pb, fingerprint.pb and variables/ of the version itself")
+    where.add_argument("--add-embedding", action="store_true",
+                       help="write the next version beside it: the same graph and variables, serving_default with the "
+                            "clip embedding as the output 'embedding' (reference-bank models); checks the other outputs "
+                            "are unchanged")
     p.set_defaults(func=cmd_resave)
     from .monitoring.cli import add_commands as add_monitoring_commands
 
