@@ -318,7 +318,8 @@ def machines_app(tmp_path_factory):
         shutil.copy(SAMPLE_FLAGGED, root / "incoming" / "press-07" / f"2026-11-03T10-0{i}-00.wav")
     for i, clip in enumerate(sorted((SUBSET / "test").glob("*target_test_normal*.flac"))):
         shutil.copy(clip, root / "incoming" / "fan-02" / f"2026-11-03T10-0{i}-00.flac")
-    seeded = asd("monitor", "--model", SHIPPED_MODELS, "--name", "toycar", "--db", db_url, "--once", root / "incoming")
+    seeded = asd("monitor", "--model", SHIPPED_MODELS, "--name", "toycar", "--db", db_url, "--once",
+                 "--baseline-clips", "0", root / "incoming")
     assert seeded.returncode == 0 and "press-07: scored 3 (3 anomalous)" in seeded.stderr, seeded.stderr
     app, url = _start_app({**_base_env(), "ASD_DB_URL": db_url}, root / "app.log")
     yield url, db_url

@@ -78,12 +78,34 @@ def test_the_migrations_build_exactly_the_tables_the_code_declares(db_url):
     from asd.monitoring.store import make_engine
     from asd.monitoring.tables import Base
 
-    assert upgrade(db_url) == (None, "0001")
-    assert upgrade(db_url) == ("0001", "0001")  # again: nothing to do
+    assert upgrade(db_url) == (None, "0002")
+    assert upgrade(db_url) == ("0002", "0002")  # again: nothing to do
     engine = make_engine(db_url)
     with engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
     engine.dispose()
+
+
+def test_an_older_schema_is_refused_with_the_command_that_fixes_it_and_upgrading_keeps_the_data(db_url, tmp_path):
+    assert upgrade(db_url, "0001") == (None, "0001")
+    with pytest.raises(StoreError, match=r"schema 0001, older than this version's 0002: run asd db upgrade --db"):
+        open_store(db_url)
+    run = asd("history", "--db", db_url)
+    assert run.returncode == 2 and "run asd db upgrade --db" in run.stderr
+    status = asd("db", "status", "--db", db_url)
+    assert status.returncode == 1 and "schema 0001, this version of asd expects 0002" in status.stdout
+    from sqlalchemy import text
+
+    from asd.monitoring.store import make_engine
+
+    engine = make_engine(db_url)
+    with engine.begin() as connection:  # a machine stored under the old schema
+        connection.execute(text("INSERT INTO machines (name, first_seen_at) VALUES ('press-07', '2026-11-03 10:00:00')"))
+    engine.dispose()
+    assert asd("db", "upgrade", "--db", db_url).returncode == 0
+    store = open_store(db_url)
+    assert [m.name for m in store.machines()] == ["press-07"] and store.machines()[0].baseline_clips is None
+    store.close()
 
 
 def test_open_store_refuses_a_schema_it_does_not_know_and_a_foreign_database(db_url):
@@ -225,6 +247,7 @@ def test_flagged_anomalies_raise_one_alert_keep_its_clips_and_notify_once_per_st
 
     def monitor():
         run = asd("monitor", "--model", SHIPPED_MODELS, "--name", "toycar", "--db", db_url, "--once", "--notify", url,
+                  "--baseline-clips", "0",
                   "--clip-store", store_dir, incoming)
         assert run.returncode == 0, run.stderr
         return run

@@ -7,11 +7,18 @@ alert is **raised** when at least k of the last n verdicts are anomalous (defaul
 after m normal verdicts in a row (default 5). ``unfamiliar`` verdicts count as neither
 anomalous nor normal: they do not raise an alert, and they break a normal run.
 
+A machine with a baseline (:mod:`.baselines`) gets window verdicts (the mean of its last
+few clip scores against its own threshold): there the rule is ``windows:``, by default 1
+of 1 (an anomalous window raises; the k-of-n rule stays as an option) and 5 normal
+windows in a row clear.
+
 The rule per machine comes from, first to last: what was set in the app (the machine's
-row in the store), the rules file's ``machines:`` entry, its ``default:``, and 3 of 5 /
-5. The rules file (``asd monitor --rules FILE``)::
+row in the store), the rules file's ``machines:`` entry, its ``default:`` (clip verdicts)
+or ``windows:`` (window verdicts), and 3 of 5 / 5 (1 of 1 / 5 for windows). The rules file
+(``asd monitor --rules FILE``)::
 
     default: {k: 3, n: 5, m: 5}
+    windows: {k: 1, n: 1, m: 5}
     machines:
       press-07: {k: 2, n: 3}
     notify:                      # apprise URLs, one notification per state change
@@ -79,17 +86,21 @@ def next_state(state: str | None, verdicts: Sequence[str], rule: AlertRule) -> s
 
 
 class RuleBook(BaseModel):
-    """A rules file: the default rule, rules per machine, notification URLs."""
+    """A rules file: the rule on clip verdicts (``default``), the rule on window verdicts
+    (``windows``: a machine with a baseline; by default an anomalous window raises, as a
+    window already averages several clips), rules per machine, notification URLs."""
 
     model_config = ConfigDict(extra="forbid")
     default: AlertRule = AlertRule()
+    windows: AlertRule = AlertRule(k=1, n=1, m=5)
     machines: dict[str, AlertRule] = {}
     notify: list[str] = []
 
-    def rule_for(self, machine: str, override: dict | None = None) -> AlertRule:
-        """The rule for ``machine``: the file's (machine entry, else default), with the
-        fields set in ``override`` (the app's, from the store; None values ignored) on top."""
-        rule = self.machines.get(machine, self.default)
+    def rule_for(self, machine: str, override: dict | None = None, windows: bool = False) -> AlertRule:
+        """The rule for ``machine``: the file's (machine entry, else ``windows`` for window
+        verdicts or ``default`` for clip verdicts), with the fields set in ``override``
+        (the app's, from the store; None values ignored) on top."""
+        rule = self.machines.get(machine, self.windows if windows else self.default)
         changes = {key: value for key, value in (override or {}).items() if value is not None}
         return AlertRule(**{**rule.model_dump(), **changes}) if changes else rule
 

@@ -14,6 +14,7 @@ import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from .baselines import DEFAULT_BASELINE_CLIPS, DEFAULT_WINDOW
 from .store import StoreError, default_db_url
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
@@ -107,7 +108,8 @@ def cmd_monitor(args) -> int:
         return 0
     monitor = Monitor(detector, store, folders, machine=args.machine, rules=rules,
                       clip_store=Path(args.clip_store) if args.clip_store else default_clip_store(db),
-                      batch_size=args.batch_size, server_attempts=args.server_attempts if args.once else None)
+                      batch_size=args.batch_size, server_attempts=args.server_attempts if args.once else None,
+                      baseline_clips=args.baseline_clips, window=args.window)
     monitor.stop = stop
     meta = detector.metadata
     print(f"asd: monitoring {', '.join(map(str, folders))} with {meta.name} v{meta.version} into {store.url}"
@@ -225,8 +227,56 @@ def cmd_alerts(args) -> int:
     return 0
 
 
+BASELINE_COLUMNS = ("clip_id", "recorded_at", "model_name", "model_version", "model_score", "added_at", "added_by", "path")
+
+
+def cmd_baseline(args) -> int:
+    import getpass
+
+    from .clips import keep_in_store
+    from .store import default_clip_store, open_store
+
+    if args.until and not args.since:
+        raise ValueError("--to goes with --from TIME")
+    by = args.by or getpass.getuser()
+    db = _db(args)
+    store = open_store(db)
+    try:
+        if args.show:
+            status, rows = store.baseline_report(args.machine)
+            print(f"{args.machine}: {status.describe()}", file=sys.stderr)
+            _emit(rows, BASELINE_COLUMNS, args.format)
+            return 0
+        if args.reset:
+            removed = store.reset_baseline(args.machine, by)
+            print(f"{args.machine}: {removed} baseline clip(s) removed by {by}; the monitor commissions it again "
+                  "from its next clips")
+            return 0
+        clip_store = Path(args.clip_store) if args.clip_store else default_clip_store(db)
+
+        def keep(clip):
+            try:
+                return str(keep_in_store(Path(clip.path), clip_store, args.machine, "baseline", clip.id))
+            except OSError:
+                return None  # the incoming file is gone; its embedding is kept all the same
+
+        if args.add:
+            ids = [int(c) for c in args.add if c.isdigit()]
+            named = [c for c in args.add if not c.isdigit()]
+            paths = named + [str(Path(c).resolve()) for c in named]
+            added, skipped = store.mark_baseline(args.machine, by, keep, ids=ids, paths=paths, expect=len(args.add))
+        else:
+            added, skipped = store.mark_baseline(args.machine, by, keep, since=parse_time(args.since),
+                                                 until=parse_time(args.until) if args.until else None)
+        print(f"{args.machine}: {added} clip(s) added to the baseline by {by}"
+              + (f"; {skipped} already in it" if skipped else ""))
+        return 0
+    finally:
+        store.close()
+
+
 def add_commands(sub, add_backend_options) -> None:
-    """Register ``monitor``, ``db``, ``history`` and ``alerts`` on ``sub`` (the main
+    """Register ``monitor``, ``db``, ``history``, ``alerts`` and ``baseline`` on ``sub`` (the main
     parser's subparsers); ``add_backend_options`` adds ``--model``/``--server``/``--name``."""
     p = sub.add_parser("monitor", help="score every clip of every machine once into a database, and raise alerts",
                        description="Score each machine's clips exactly once into the monitoring database and run the "
@@ -249,7 +299,33 @@ def add_commands(sub, add_backend_options) -> None:
     p.add_argument("--server-attempts", type=int, default=5, metavar="N",
                    help="with --once: tries of a model server that is down before the run stops (default 5; "
                         "watching retries until stopped)")
+    p.add_argument("--baseline-clips", type=int, default=DEFAULT_BASELINE_CLIPS, metavar="N",
+                   help=f"commissioning: a machine's first N usable clips are its healthy baseline (default "
+                        f"{DEFAULT_BASELINE_CLIPS}; 0: no baselines, each clip judged by the model's threshold). "
+                        "Needs a model with an embedding output (reference-bank models, toycar v5)")
+    p.add_argument("--window", type=int, default=DEFAULT_WINDOW, metavar="N",
+                   help=f"with a baseline, the verdict is on the mean of a machine's last N clip scores (default "
+                        f"{DEFAULT_WINDOW}), against its threshold fitted from its baseline alone")
     p.set_defaults(func=cmd_monitor)
+
+    p = sub.add_parser("baseline", help="a machine's healthy baseline: show it, add clips, or reset it",
+                       description="A machine's baseline is the embeddings of clips marked healthy, per model "
+                                   "version. asd monitor takes a machine's first --baseline-clips clips (commissioning); "
+                                   "here clips the monitor has scored are added by id or path, or by recorded time, "
+                                   "or the baseline is reset (its clips are kept, marked removed), after which the "
+                                   "monitor commissions the machine again from its next clips.")
+    _db_option(p)
+    p.add_argument("--machine", required=True, metavar="ID")
+    action = p.add_mutually_exclusive_group(required=True)
+    action.add_argument("--show", action="store_true", help="the baseline's clips and the machine's status")
+    action.add_argument("--add", nargs="+", metavar="CLIP", help="clips (ids or paths as asd history prints them) to mark healthy")
+    action.add_argument("--from", dest="since", metavar="TIME", help="mark healthy every clip recorded from TIME (with --to)")
+    action.add_argument("--reset", action="store_true", help="remove every baseline clip (kept, marked removed)")
+    p.add_argument("--to", dest="until", metavar="TIME", help="... up to TIME (default now)")
+    p.add_argument("--by", default=None, metavar="NAME", help="who marks or resets (recorded; default $USER)")
+    p.add_argument("--clip-store", metavar="DIR", help="where baseline clips are kept (default as asd monitor)")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.set_defaults(func=cmd_baseline)
 
     p = sub.add_parser("db", help="the monitoring database: upgrade its schema, or show its status")
     p.add_argument("action", choices=["upgrade", "status"], help="upgrade: run the migrations; status: exit 1 if not up to date")

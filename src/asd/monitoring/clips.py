@@ -5,8 +5,9 @@
 - Recorded-at: a timestamp in the file name when it has one (``2026-11-03T10-00-00``,
   ``20261103_100000``, ``2026-11-03 10:00:00+01:00``; without an offset it is UTC), else
   the file's modification time.
-- The clip store keeps copies of the clips behind an alert, so that cleaning the incoming
-  folder loses nothing that raised an alarm.
+- The clip store keeps copies of the clips behind an alert and of baseline clips, so that
+  cleaning the incoming folder loses nothing that raised an alarm or that a new model
+  version must embed again.
 """
 
 from __future__ import annotations
@@ -75,16 +76,17 @@ def audio_files(folder: Path) -> list[Path]:
     return sorted(found)
 
 
-def keep_in_store(path: Path, store: Path, machine: str, alert_id: int, clip_id: int) -> Path:
-    """Copy ``path`` to ``store/<machine>/alert-<id>/<clip id>-<name>`` (times kept) and
-    return the copy's path; copying again overwrites the same copy.
+def keep_in_store(path: Path, store: Path, machine: str, folder: str, clip_id: int) -> Path:
+    """Copy ``path`` to ``store/<machine>/<folder>/<clip id>-<name>`` (times kept; folder
+    ``alert-<id>`` or ``baseline``) and return the copy's path; copying again overwrites
+    the same copy.
 
     Raises
     ------
     OSError
         The clip is gone or the store is not writable.
     """
-    target = store / machine / f"alert-{alert_id}" / f"{clip_id}-{path.name}"
+    target = store / machine / folder / f"{clip_id}-{path.name}"
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name("." + target.name + ".partial")  # never a half copy under the final name
     shutil.copy2(path, partial)

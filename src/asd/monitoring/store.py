@@ -25,8 +25,8 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, Operati
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from . import migrations
-from .tables import (ACKNOWLEDGED, CLEARED, FAILED, OPEN_STATES, RAISED, SCORED, Alert, AlertClip, AlertEvent, Clip,
-                     Machine, Score, utc_now)
+from .tables import (ACKNOWLEDGED, CLEARED, FAILED, OPEN_STATES, RAISED, SCORED, Alert, AlertClip, AlertEvent,
+                     BaselineClip, Clip, Machine, Score, utc_now)
 
 T = TypeVar("T")
 #: Seconds between retries of a database that went away: 1, 2, 4, ... at most this
@@ -121,8 +121,9 @@ def schema_status(engine: Engine) -> tuple[str | None, str, bool]:
         raise StoreError(f"cannot reach the database {redacted(str(engine.url))}: {_first_line(exc)}") from None
 
 
-def upgrade(url: str) -> tuple[str | None, str]:
-    """Run the migrations on ``url`` up to this code's head; returns ``(before, after)``.
+def upgrade(url: str, revision: str = "head") -> tuple[str | None, str]:
+    """Run the migrations on ``url`` up to ``revision`` (this code's head by default);
+    returns ``(before, after)``.
 
     Raises
     ------
@@ -133,12 +134,13 @@ def upgrade(url: str) -> tuple[str | None, str]:
     before, head, _ = schema_status(engine)
     try:
         with engine.begin() as connection:
-            migrations.upgrade(connection)
+            migrations.upgrade(connection, revision)
+            after = migrations.current_revision(connection)
     except DBAPIError as exc:
         raise StoreError(f"upgrading {redacted(url)} failed: {_first_line(exc)}") from None
     finally:
         engine.dispose()
-    return before, head
+    return before, after
 
 
 def open_store(url: str) -> "Store":
@@ -197,6 +199,26 @@ class HistoryRow:
     unfamiliarity: float | None
     problem: str | None
     stored_path: str | None = None
+    clip_score: float | None = None
+    window_score: float | None = None
+    baseline_size: int | None = None
+
+
+@dataclass
+class BaselineStatus:
+    """Where a machine's baseline stands for the model version that scored it last."""
+
+    size: int
+    target: int | None  # N of commissioning; 0: no baseline
+    model: str | None  # "toycar v5"
+
+    def describe(self) -> str:
+        """"commissioning (3 of 10)", "baseline of 10 clips (toycar v5)", "no baseline"."""
+        if not self.target and not self.size:
+            return "no baseline"
+        if self.size < (self.target or 0):
+            return f"commissioning ({self.size} of {self.target})"
+        return f"baseline of {self.size} clips" + (f" ({self.model})" if self.model else "")
 
 
 @dataclass
@@ -211,6 +233,7 @@ class MachineStatus:
     open_alert_state: str | None
     open_alert_raised_at: datetime | None
     rule_override: dict  # {"k", "n", "m"}: what the app set, None where it set nothing
+    baseline: BaselineStatus | None = None
 
 
 class Store:
@@ -302,6 +325,17 @@ class Store:
             session.flush()
         return session.get(Clip, clip_id)
 
+    def recent_clip_scores(self, session: Session, machine: Machine, n: int, model_name: str,
+                           model_version: int) -> list[float]:
+        """The clip scores (against bank plus baseline) of the machine's last ``n`` clips
+        scored with a baseline by this model version, oldest first: a window's others."""
+        rows = session.scalars(
+            select(Score.clip_score).join(Clip, Score.clip_id == Clip.id)
+            .where(Clip.machine_id == machine.id, Score.baseline_size > 0, Score.model_name == model_name,
+                   Score.model_version == model_version)
+            .order_by(Clip.recorded_at.desc(), Clip.id.desc()).limit(n)).all()
+        return list(reversed(rows))
+
     def recent_verdicts(self, session: Session, machine: Machine, n: int) -> list[tuple[int, str]]:
         """The machine's last ``n`` scored clips as ``(clip id, verdict)``, oldest first
         (by recorded-at time, then arrival)."""
@@ -309,6 +343,146 @@ class Store:
             select(Clip.id, Score.verdict).join(Score, Score.clip_id == Clip.id).where(Clip.machine_id == machine.id)
             .order_by(Clip.recorded_at.desc(), Clip.id.desc()).limit(n)).all()
         return [(row[0], row[1]) for row in reversed(rows)]
+
+    # -- baselines -----------------------------------------------------------------------
+
+    def baseline(self, session: Session, machine: Machine, model_name: str | None = None,
+                 model_version: int | None = None) -> list[BaselineClip]:
+        """The machine's baseline clips not removed, oldest first; of one model version
+        when given."""
+        query = select(BaselineClip).where(BaselineClip.machine_id == machine.id, BaselineClip.removed_at.is_(None))
+        if model_name is not None:
+            query = query.where(BaselineClip.model_name == model_name, BaselineClip.model_version == model_version)
+        return list(session.scalars(query.order_by(BaselineClip.id).options(selectinload(BaselineClip.clip))))
+
+    def add_baseline_clip(self, session: Session, machine: Machine, clip: Clip, model_name: str, model_version: int,
+                          embedding: bytes, model_score: float, by: str) -> bool:
+        """Mark ``clip`` healthy in the machine's baseline for a model version (its
+        embedding as float32 bytes, its served score). Returns False when it already is;
+        a clip removed before is put back (who and when updated)."""
+        row = session.scalar(select(BaselineClip).where(
+            BaselineClip.machine_id == machine.id, BaselineClip.clip_id == clip.id,
+            BaselineClip.model_name == model_name, BaselineClip.model_version == model_version))
+        if row is not None and row.removed_at is None:
+            return False
+        if row is None:
+            session.add(BaselineClip(machine_id=machine.id, clip_id=clip.id, model_name=model_name,
+                                     model_version=model_version, embedding=embedding, model_score=model_score,
+                                     added_at=utc_now(), added_by=by))
+        else:
+            row.removed_at, row.removed_by, row.added_at, row.added_by = None, None, utc_now(), by
+        session.flush()
+        return True
+
+    def remove_baseline(self, session: Session, machine: Machine, by: str) -> int:
+        """Mark every baseline clip of the machine removed (kept, with who and when);
+        returns how many. The machine is commissioned again from its next clips."""
+        rows = self.baseline(session, machine)
+        now = utc_now()
+        for row in rows:
+            row.removed_at, row.removed_by = now, by
+        return len(rows)
+
+    def _baseline_status(self, session: Session, machine: Machine) -> BaselineStatus:
+        newest = session.execute(
+            select(Score.model_name, Score.model_version).join(Clip, Score.clip_id == Clip.id)
+            .where(Clip.machine_id == machine.id).order_by(Score.id.desc()).limit(1)).first()
+        if newest is None:
+            return BaselineStatus(0, machine.baseline_clips, None)
+        rows = self.baseline(session, machine, newest[0], newest[1])
+        return BaselineStatus(len(rows), machine.baseline_clips, f"{newest[0]} v{newest[1]}")
+
+    def baseline_report(self, machine: str) -> tuple[BaselineStatus, list[dict]]:
+        """A machine's baseline status and its clips (every model version's), for
+        ``asd baseline --show``.
+
+        Raises
+        ------
+        StoreError
+            No such machine.
+        """
+        with self.transaction() as session:
+            row = self.machine_named(session, machine)
+            clips = [{"clip_id": r.clip_id, "recorded_at": r.clip.recorded_at, "model_name": r.model_name,
+                      "model_version": r.model_version, "model_score": r.model_score, "added_at": r.added_at,
+                      "added_by": r.added_by, "path": r.clip.stored_path or r.clip.path}
+                     for r in self.baseline(session, row)]
+            return self._baseline_status(session, row), clips
+
+    def reset_baseline(self, machine: str, by: str) -> int:
+        """Remove a machine's baseline (kept, marked removed by ``by``); returns how many
+        clips. Raises :class:`StoreError` for an unknown machine."""
+        with self.transaction() as session:
+            return self.remove_baseline(session, self.machine_named(session, machine), by)
+
+    def mark_baseline(self, machine: str, by: str, keep: Callable[[Clip], str | None] | None = None,
+                      ids: list[int] | None = None, paths: list[str] | None = None, expect: int | None = None,
+                      since: datetime | None = None, until: datetime | None = None) -> tuple[int, int]:
+        """Mark a machine's scored clips healthy (by ids or paths, or recorded between
+        ``since`` and ``until``) in the baseline of the model version that scored each,
+        with the embedding stored with its score; ``keep(clip)`` copies it to the clip
+        store and returns the copy's path. Returns ``(added, already there)``.
+
+        Raises
+        ------
+        StoreError
+            No such machine; fewer clips found than ``expect`` (the missing named); a
+            clip scored by a model without an embedding output; no clip in the range.
+        """
+        with self.transaction() as session:
+            row = self.machine_named(session, machine)
+            found = self.scored_clips(session, row, since, until, ids, paths)
+            if expect is not None and len(found) < expect:
+                known = {str(c.id) for c, _ in found} | {c.path for c, _ in found}
+                missing = [str(x) for x in (ids or []) if str(x) not in known]
+                raise StoreError(f"{machine}: no scored clip {', '.join(missing) or 'with those paths'} in {self.url}: "
+                                 "asd monitor scores a clip first; asd history lists them")
+            if not found:
+                raise StoreError(f"{machine}: no scored clip in that time range")
+            no_embedding = [c.path for c, s in found if s.embedding is None]
+            if no_embedding:
+                raise StoreError(f"{no_embedding[0]} was scored by {found[0][1].model_name} v{found[0][1].model_version}, "
+                                 "which has no embedding output: a baseline needs a reference-bank model (e.g. toycar v5)")
+            added = 0
+            for clip, score in found:
+                if keep is not None:
+                    clip.stored_path = keep(clip) or clip.stored_path
+                added += self.add_baseline_clip(session, row, clip, score.model_name, score.model_version,
+                                                score.embedding, score.score, by)
+            return added, len(found) - added
+
+    def machines_in(self, session: Session) -> list[Machine]:
+        """Every machine, by name, in ``session``."""
+        return list(session.scalars(select(Machine).order_by(Machine.name)))
+
+    def machine_named(self, session: Session, name: str) -> Machine:
+        """The machine called ``name``.
+
+        Raises
+        ------
+        StoreError
+            No such machine (the message lists the known ones).
+        """
+        found = session.scalar(select(Machine).where(Machine.name == name))
+        if found is None:
+            known = ", ".join(session.scalars(select(Machine.name).order_by(Machine.name))) or "none yet"
+            raise StoreError(f"no machine {name!r} in {self.url} (machines: {known})")
+        return found
+
+    def scored_clips(self, session: Session, machine: Machine, since: datetime | None = None,
+                     until: datetime | None = None, ids: list[int] | None = None,
+                     paths: list[str] | None = None) -> list[tuple[Clip, Score]]:
+        """The machine's scored clips with their scores, oldest first: recorded between
+        ``since`` and ``until``, or with these ids or paths."""
+        query = (select(Clip, Score).join(Score, Score.clip_id == Clip.id).where(Clip.machine_id == machine.id)
+                 .order_by(Clip.recorded_at, Clip.id))
+        if since:
+            query = query.where(Clip.recorded_at >= since)
+        if until:
+            query = query.where(Clip.recorded_at <= until)
+        if ids is not None or paths is not None:
+            query = query.where(Clip.id.in_(ids or []) | Clip.path.in_(paths or []))
+        return [(c, s) for c, s in session.execute(query).all()]
 
     # -- alerts ------------------------------------------------------------------------
 
@@ -424,7 +598,8 @@ class Store:
         return [HistoryRow(name, c.id, c.path, c.recorded_at, c.scored_at, c.status,
                            s.model_name if s else None, s.model_version if s else None, s.score if s else None,
                            s.threshold if s else None, s.verdict if s else None, s.unfamiliarity if s else None,
-                           c.problem, c.stored_path) for name, c, s in reversed(rows)]
+                           c.problem, c.stored_path, s.clip_score if s else None, s.window_score if s else None,
+                           s.baseline_size if s else None) for name, c, s in reversed(rows)]
 
     def overview(self) -> list[MachineStatus]:
         """Every machine with its newest clip and open alert: machines with an open alert
@@ -441,7 +616,8 @@ class Store:
                     machine.name, n_clips, last[0].recorded_at if last else None,
                     (last[1].verdict if last[1] else FAILED) if last else None,
                     alert.id if alert else None, alert.state if alert else None, alert.raised_at if alert else None,
-                    {"k": machine.raise_k, "n": machine.raise_n, "m": machine.clear_m}))
+                    {"k": machine.raise_k, "n": machine.raise_n, "m": machine.clear_m},
+                    self._baseline_status(session, machine)))
         return sorted(statuses, key=lambda s: (s.open_alert_id is None, s.name))
 
     def counts(self) -> dict[str, int]:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+import numpy as np
+from sqlalchemy import DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -48,6 +49,17 @@ class UTCDateTime(TypeDecorator):
         return None if value is None else value.replace(tzinfo=timezone.utc)
 
 
+def embedding_bytes(embedding: np.ndarray | None) -> bytes | None:
+    """An embedding ``(dim,)`` as float32 bytes (little-endian), as stored on SQLite and
+    PostgreSQL alike; None stays None."""
+    return None if embedding is None else np.ascontiguousarray(embedding, dtype="<f4").tobytes()
+
+
+def embedding_array(data: bytes | None) -> np.ndarray | None:
+    """Stored float32 bytes back to an embedding ``(dim,)`` float32."""
+    return None if data is None else np.frombuffer(data, dtype="<f4").astype(np.float32)
+
+
 def utc_now() -> datetime:
     """Now, as an aware UTC datetime."""
     return datetime.now(timezone.utc)
@@ -68,6 +80,7 @@ class Machine(Base):
     raise_k: Mapped[int | None] = mapped_column(Integer)
     raise_n: Mapped[int | None] = mapped_column(Integer)
     clear_m: Mapped[int | None] = mapped_column(Integer)
+    baseline_clips: Mapped[int | None] = mapped_column(Integer)  # N: clips commissioning takes (None: the monitor's)
 
     clips: Mapped[list["Clip"]] = relationship(back_populates="machine")
 
@@ -110,8 +123,39 @@ class Score(Base):
     verdict: Mapped[str] = mapped_column(String(16))
     unfamiliarity: Mapped[float | None] = mapped_column(Float)
     unfamiliar_threshold: Mapped[float | None] = mapped_column(Float)
+    # with a baseline (issue 29): the clip score against the bank plus the baseline, the
+    # mean of the window's clip scores, and the sizes they were computed with; threshold
+    # and verdict are then the machine's, on the window score
+    clip_score: Mapped[float | None] = mapped_column(Float)
+    window_score: Mapped[float | None] = mapped_column(Float)
+    window_size: Mapped[int | None] = mapped_column(Integer)
+    baseline_size: Mapped[int | None] = mapped_column(Integer)
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary)  # float32 bytes, the model's clip embedding
 
     clip: Mapped[Clip] = relationship(back_populates="score")
+
+
+class BaselineClip(Base):
+    """A clip marked healthy for its machine's baseline, with its embedding and served
+    score from one model version (a new version re-embeds the clip from the clip store).
+    Removing it (``asd baseline --reset``) marks it removed: who and when are kept."""
+
+    __tablename__ = "baseline_clips"
+    __table_args__ = (UniqueConstraint("machine_id", "clip_id", "model_name", "model_version",
+                                       name="uq_baseline_clips_machine_clip_model"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    machine_id: Mapped[int] = mapped_column(ForeignKey("machines.id"), index=True)
+    clip_id: Mapped[int] = mapped_column(ForeignKey("clips.id"))
+    model_name: Mapped[str] = mapped_column(String(200))
+    model_version: Mapped[int] = mapped_column(Integer)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)
+    model_score: Mapped[float] = mapped_column(Float)
+    added_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    added_by: Mapped[str] = mapped_column(String(200))
+    removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    removed_by: Mapped[str | None] = mapped_column(String(200))
+
+    clip: Mapped[Clip] = relationship()
 
 
 class Alert(Base):

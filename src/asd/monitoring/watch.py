@@ -22,17 +22,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 
 from ..audio import AudioError, clip_problem, load_audio, pcm_sha256
 from ..features import ClipTooShortError
 from ..inference import MAX_CLIP_SECONDS, ClipFeatures, Detector
+from ..scoring import UNFAMILIAR
 from ..serving import ServingError
-from . import notify
-from .alerts import ANOMALOUS, RuleBook, next_state
+from . import baselines, notify
+from .alerts import ANOMALOUS, NORMAL, RuleBook, next_state
 from .clips import audio_files, keep_in_store, machine_of, recorded_at
 from .store import Store, StoreError
-from .tables import CLEARED, RAISED, Clip
+from .tables import CLEARED, RAISED, Clip, embedding_array, embedding_bytes
 
 
 class MonitorError(RuntimeError):
@@ -71,10 +73,16 @@ class MachineSummary:
     already: int = 0
     raised: int = 0
     cleared: int = 0
+    baseline: int = 0
+    reembedded: int = 0
 
     def line(self, machine: str) -> str:
         counts = ", ".join(f"{n} {v}" for v, n in sorted(self.verdicts.items())) or "none"
         text = f"{machine}: scored {sum(self.verdicts.values())} ({counts}), failed {self.failed}"
+        if self.baseline:
+            text += f", {self.baseline} taken into its baseline (commissioning)"
+        if self.reembedded:
+            text += f", {self.reembedded} baseline clip(s) embedded again"
         if self.already:
             text += f", {self.already} already stored"
         if self.raised or self.cleared:
@@ -103,11 +111,17 @@ class Monitor:
         Clips per model request.
     server_attempts : int, optional
         Tries of a model request while the server is unavailable (None: until stopped).
+    baseline_clips : int
+        N: a machine's first N usable clips are its healthy baseline (commissioning); 0:
+        no baselines (each clip judged by the model's threshold).
+    window : int
+        Clips a window score averages.
     """
 
     def __init__(self, detector: Detector, store: Store, folders: list[Path], machine: str | None = None,
                  rules: RuleBook | None = None, clip_store: Path | None = None, batch_size: int = 8,
-                 server_attempts: int | None = None, log=None):
+                 server_attempts: int | None = None, baseline_clips: int = baselines.DEFAULT_BASELINE_CLIPS,
+                 window: int = baselines.DEFAULT_WINDOW, log=None):
         self.detector = detector
         self.store = store
         self.folders = [Path(f) for f in folders]
@@ -116,6 +130,11 @@ class Monitor:
         self.clip_store = Path(clip_store) if clip_store else None
         self.batch_size = max(1, batch_size)
         self.server_attempts = server_attempts
+        if baseline_clips < 0 or (baseline_clips and baseline_clips < 2) or window < 1:
+            raise ValueError("--baseline-clips is 0 (no baseline) or at least 2 (a threshold needs a spread); "
+                             "--window at least 1")
+        self.baseline_clips, self.window = baseline_clips, window
+        self._thresholds: dict = {}
         self.stop = threading.Event()
         self.summary: dict[str, MachineSummary] = defaultdict(MachineSummary)
         self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
@@ -208,26 +227,30 @@ class Monitor:
                 delay = min(delay * 2, 30.0)
 
     def _store(self, prepared: Prepared, result) -> None:
-        """Store one clip (scored or failed) and run its machine's alert rule, in one
-        transaction (retried while the database is unavailable)."""
+        """Store one clip (scored or failed), judge it against its machine's baseline, take
+        it into the baseline while the machine is commissioning, and run the alert rule,
+        all in one transaction (retried while the database is unavailable)."""
         candidate = prepared.candidate
         summary = self.summary[candidate.machine]
         clip_columns = dict(path=str(candidate.path), pcm_sha256=prepared.pcm_sha256, recorded_at=prepared.recorded_at,
                             duration_s=prepared.duration_s, sample_rate=prepared.sample_rate, problem=prepared.problem)
-        score = None if result is None else dict(
-            model_name=self.model_name, model_version=self.model_version, score=float(result.score),
-            threshold=float(result.threshold), verdict=result.verdict,
-            unfamiliarity=None if result.unfamiliarity is None else float(result.unfamiliarity),
-            unfamiliar_threshold=None if result.unfamiliar_threshold is None else float(result.unfamiliar_threshold))
 
         def write():
             with self.store.transaction() as session:
                 machine = self.store.machine(session, candidate.machine)
+                if machine.baseline_clips is None:  # first sight: commissioning takes the monitor's N
+                    machine.baseline_clips = self.baseline_clips
+                score, commissioning = (None, False) if result is None else self._judge(session, machine, result)
                 clip = self.store.add_clip(session, machine, score, **clip_columns)
-                change = None if clip is None or score is None else self._apply_rule(session, machine, clip)
-                return clip, change
+                change = None
+                if clip is not None and score is not None:
+                    if commissioning:
+                        self._add_to_baseline(session, machine, clip, result, "commissioning")
+                    else:
+                        change = self._apply_rule(session, machine, clip)
+                return clip, score, change, commissioning
 
-        clip, change = self.store.retrying(write, lambda: False, log=self.log)  # a scored clip is never dropped
+        clip, score, change, commissioning = self.store.retrying(write, lambda: False, log=self.log)  # never dropped
         if clip is None:
             summary.already += 1
         elif score is None:
@@ -235,15 +258,116 @@ class Monitor:
             self.log(f"asd: failed: {prepared.problem}")
         else:
             summary.verdicts[score["verdict"]] += 1
+            summary.baseline += commissioning
             summary.raised += change == RAISED
             summary.cleared += change == CLEARED
             if change:
                 self.log(f"asd: alert {change} on {candidate.machine}")
 
+    def _judge(self, session, machine, result) -> tuple[dict, bool]:
+        """The score row of a clip, and whether it joins the baseline (commissioning).
+
+        - A model without an embedding output, or N = 0: the model's score, threshold and
+          clip verdict (no baseline).
+        - Commissioning (fewer than N baseline clips of this model version): the model's
+          verdict is kept for the record, and the clip joins the baseline; no alert.
+        - With a baseline: the clip score against the bank plus the baseline, the mean of
+          the machine's last ``window`` clip scores, the machine's threshold fitted from
+          its baseline alone (:mod:`.baselines`), and the window verdict; ``unfamiliar``
+          stays only when the baseline does not know the clip either.
+        """
+        embedding = getattr(result, "embedding", None)
+        score = dict(model_name=self.model_name, model_version=self.model_version, score=float(result.score),
+                     threshold=float(result.threshold), verdict=result.verdict,
+                     unfamiliarity=None if result.unfamiliarity is None else float(result.unfamiliarity),
+                     unfamiliar_threshold=None if result.unfamiliar_threshold is None else float(result.unfamiliar_threshold),
+                     embedding=embedding_bytes(embedding), clip_score=float(result.score), baseline_size=0)
+        target = machine.baseline_clips
+        if embedding is None or not target:
+            return score, False
+        rows = self.store.baseline(session, machine, self.model_name, self.model_version)
+        if len(rows) < target:
+            return {**score, "baseline_size": len(rows)}, True
+        threshold, bank, _ = self._machine_threshold(machine, rows)
+        clip_score = float(baselines.clip_scores([result.score], embedding[None, :], bank)[0])
+        others = self.store.recent_clip_scores(session, machine, self.window - 1, self.model_name, self.model_version)
+        window = others + [clip_score]
+        window_score = float(np.mean(window))
+        verdict = ANOMALOUS if window_score > threshold else NORMAL
+        if result.verdict == UNFAMILIAR and baselines.baseline_distances(embedding[None, :], bank).min() > threshold:
+            verdict = UNFAMILIAR
+        return {**score, "clip_score": clip_score, "window_score": window_score, "window_size": len(window),
+                "baseline_size": len(rows), "threshold": threshold, "verdict": verdict}, False
+
+    def _machine_threshold(self, machine, rows) -> tuple[float, np.ndarray, np.ndarray]:
+        """``(threshold, baseline embeddings (k, dim), served scores (k,))`` of a machine's
+        baseline rows, fitted once per baseline (cached by its row ids)."""
+        key = (machine.id, tuple(r.id for r in rows), self.window)
+        if self._thresholds.get(machine.id, (None,))[0] != key:
+            bank = np.stack([embedding_array(r.embedding) for r in rows])
+            model_scores = np.array([r.model_score for r in rows])
+            loo = baselines.leave_one_out_scores(model_scores, bank)
+            self._thresholds[machine.id] = (key, baselines.fit_threshold(loo, self.window), bank, model_scores)
+        _, threshold, bank, model_scores = self._thresholds[machine.id]
+        return threshold, bank, model_scores
+
+    def _add_to_baseline(self, session, machine, clip, result, by: str) -> None:
+        """Take a scored clip into the machine's baseline and keep it in the clip store."""
+        if self.clip_store is not None:
+            try:
+                clip.stored_path = str(keep_in_store(Path(clip.path), self.clip_store, machine.name, "baseline", clip.id))
+            except OSError as exc:
+                self.log(f"asd: could not keep baseline clip {clip.path} in the clip store: {exc.strerror or exc}")
+        self.store.add_baseline_clip(session, machine, clip, self.model_name, self.model_version,
+                                     embedding_bytes(result.embedding), float(result.score), by)
+
+    def refresh_baselines(self) -> None:
+        """Embed again, with this model version, the baseline clips of machines whose
+        baseline another version made (from the clip store), so that a new version keeps
+        every machine's baseline. A clip whose file is gone is said and skipped."""
+        def machines_to_do():
+            with self.store.transaction() as session:
+                todo = []
+                for machine in self.store.machines_in(session):
+                    mine = self.store.baseline(session, machine, self.model_name, self.model_version)
+                    if mine or not machine.baseline_clips:
+                        continue
+                    others = self.store.baseline(session, machine)
+                    newest = max(((r.model_name, r.model_version) for r in others), default=None,
+                                 key=lambda m: (m[0] == self.model_name, m[1]))
+                    todo += [(machine.name, r.clip_id, r.clip.stored_path or r.clip.path)
+                             for r in others if (r.model_name, r.model_version) == newest]
+                return todo
+
+        todo = self.store.retrying(machines_to_do, self.stop.is_set, log=self.log)
+        for machine_name, clip_id, path in todo:
+            try:
+                clip = load_audio(Path(path), self.detector.features.sample_rate, name=str(path),
+                                  max_seconds=MAX_CLIP_SECONDS)
+                [result] = self._score([Prepared(Candidate(Path(path), machine_name), "", None, None, None,
+                                                 features=self.detector.prepare(clip, display=False))])
+            except (AudioError, ClipTooShortError, OSError) as exc:
+                self.log(f"asd: baseline clip of {machine_name} not embedded again: {clip_problem(path, exc)}")
+                continue
+            if getattr(result, "embedding", None) is None:
+                return  # this model has no embedding output: no baselines
+
+            def add(machine_name=machine_name, clip_id=clip_id, result=result):
+                with self.store.transaction() as session:
+                    machine = self.store.machine_named(session, machine_name)
+                    self.store.add_baseline_clip(session, machine, session.get(Clip, clip_id), self.model_name,
+                                                 self.model_version, embedding_bytes(result.embedding),
+                                                 float(result.score), f"re-embedded by {self.model_name} v{self.model_version}")
+
+            self.store.retrying(add, self.stop.is_set, log=self.log)
+            self.summary[machine_name].reembedded += 1
+
     def _apply_rule(self, session, machine, clip) -> str | None:
         """Run the alert rule after ``clip``: raise (keeping the anomalous clips of the
         window), clear, or keep an open alert's new anomalous clip. Returns the change."""
-        rule = self.rules.rule_for(machine.name, {"k": machine.raise_k, "n": machine.raise_n, "m": machine.clear_m})
+        windows = bool(clip.score.baseline_size)
+        rule = self.rules.rule_for(machine.name, {"k": machine.raise_k, "n": machine.raise_n, "m": machine.clear_m},
+                                   windows=windows)
         recent = self.store.recent_verdicts(session, machine, max(rule.n, rule.m))
         alert = self.store.open_alert(session, machine)
         state = next_state(alert.state if alert else None, [v for _, v in recent], rule)
@@ -262,10 +386,10 @@ class Monitor:
 
     def _keep(self, session, alert, machine: str, clip_id: int) -> None:
         clip = session.get(Clip, clip_id)
-        stored = None
-        if self.clip_store is not None:
+        stored = clip.stored_path if clip.stored_path and Path(clip.stored_path).is_file() else None
+        if self.clip_store is not None and stored is None:
             try:
-                stored = str(keep_in_store(Path(clip.path), self.clip_store, machine, alert.id, clip.id))
+                stored = str(keep_in_store(Path(clip.path), self.clip_store, machine, f"alert-{alert.id}", clip.id))
             except OSError as exc:
                 self.log(f"asd: could not keep {clip.path} in the clip store: {exc.strerror or exc}")
         self.store.attach_clip(session, alert, clip, stored)
@@ -328,6 +452,7 @@ class Monitor:
         """Score what is in the folders now, send notifications, and return."""
         from ..bulk_scoring import Progress
 
+        self.refresh_baselines()
         candidates = self.scan()
         progress = Progress(len(candidates)) if show_progress else None
         try:
@@ -367,6 +492,7 @@ class Monitor:
             observer.schedule(Handler(), str(folder), recursive=True)
         observer.start()
         try:
+            self.refresh_baselines()
             for candidate in self.scan():  # what arrived while no monitor ran
                 note(str(candidate.path))
             while not self.stop.is_set():
