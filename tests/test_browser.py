@@ -344,7 +344,7 @@ def test_the_machines_page_shows_the_trend_and_the_open_alert_and_acknowledges_i
     expect(page.locator("audio")).to_have_count(1)  # the newest clip, played from where it arrived
     expect(page.locator(".js-plotly-plot")).to_have_count(2)  # trend and the clip's spectrogram
     _shot(page, "10_machines_open_alert")
-    page.get_by_label("Your name").fill("J. Doe")
+    page.get_by_label("Your name", exact=True).fill("J. Doe")
     page.get_by_label("Note (what you checked or did)").fill("bearing checked")
     page.get_by_role("button", name="Acknowledge").click()
     expect(page.get_by_text("Acknowledged by J. Doe")).to_be_visible()

@@ -3,8 +3,9 @@
 Reads the monitoring database ``asd monitor`` writes, at ``ASD_DB_URL`` (default: the
 SQLite file in the data folder, :func:`asd.monitoring.store.default_db_url`). A table of
 machines comes first, open alerts at the top; then one machine's score trend (threshold
-line, points coloured by verdict, model-version changes marked), a clip's spectrogram
-and audio, its open alert with an Acknowledge button, and its alert rule.
+line, points coloured by verdict, the window score, model-version changes marked), its
+baseline status, a clip's spectrogram and audio with a button to mark it healthy
+baseline, its open alert with an Acknowledge button, and its alert rule.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def machines_table(statuses) -> pd.DataFrame:
         "machine": s.name,
         "alert": f"{s.open_alert_state} (#{s.open_alert_id}, {ago(s.open_alert_raised_at)} ago)" if s.open_alert_id else "",
         "latest verdict": s.last_verdict or "",
+        "baseline": s.baseline.describe() if s.baseline else "",
         "since the last clip": ago(s.last_recorded_at),
         "clips": s.n_clips,
     } for s in statuses])
@@ -77,13 +79,50 @@ def show_alert(store, machine: str) -> None:
             st.rerun()
 
 
+def describe_clip(row) -> str:
+    """What the monitor stored of a clip, in a sentence."""
+    name = f"**{Path(row.path).name}**: recorded {row.recorded_at:%Y-%m-%d %H:%M:%S} UTC, {row.verdict or 'failed'}"
+    if row.score is None:
+        return f"{name}: {row.problem}"
+    if row.baseline_size and row.window_score is not None:
+        return (f"{name}: window score {row.window_score:.4f} against this machine's threshold {row.threshold:.4f} "
+                f"(clip score {row.clip_score:.4f} against the bank and a baseline of {row.baseline_size} clips; "
+                f"{row.model_name} v{row.model_version})")
+    return f"{name}, anomaly score {row.score:.4f} (threshold {row.threshold:.4f}, {row.model_name} v{row.model_version})"
+
+
+def mark_healthy(store, db_url: str, machine: str, row) -> None:
+    """A form to mark the selected clip as healthy baseline (who is recorded)."""
+    with st.form(f"baseline-{row.clip_id}"):
+        by = st.text_input("Marked healthy by (your name)", key=f"baseline-by-{row.clip_id}")
+        if st.form_submit_button("Mark as healthy baseline"):
+            from asd.monitoring.clips import keep_in_store
+            from asd.monitoring.store import default_clip_store
+
+            store_dir = default_clip_store(db_url)
+
+            def keep(clip):
+                try:
+                    return str(keep_in_store(Path(clip.path), store_dir, machine, "baseline", clip.id))
+                except OSError:
+                    return None
+
+            if not by.strip():
+                st.error("Give your name: the baseline records who marked each clip.")
+                return
+            try:
+                added, _ = store.mark_baseline(machine, by.strip(), keep, ids=[row.clip_id], expect=1)
+            except StoreError as exc:
+                st.error(str(exc))
+                return
+            st.success(f"{Path(row.path).name} is in {machine}'s baseline." if added
+                       else f"{Path(row.path).name} was in {machine}'s baseline already.")
+
+
 def show_clip(row) -> None:
     """The selected clip: what the monitor stored, its spectrogram and its audio (from the
     clip store when kept there, else where it arrived)."""
-    verdict = row.verdict or "failed"
-    st.markdown(f"**{Path(row.path).name}**: recorded {row.recorded_at:%Y-%m-%d %H:%M:%S} UTC, {verdict}"
-                + (f", anomaly score {row.score:.4f} (threshold {row.threshold:.4f}, "
-                   f"{row.model_name} v{row.model_version})" if row.score is not None else f": {row.problem}"))
+    st.markdown(describe_clip(row))
     source = row.stored_path if row.stored_path and Path(row.stored_path).is_file() else row.path
     if not Path(source).is_file():
         st.info(f"The recording is no longer at {row.path} (the incoming folder was cleaned); clips behind an alert "
@@ -133,6 +172,11 @@ def main() -> None:
     names = [s.name for s in statuses]
     machine = st.selectbox("Machine", names, key="machine")
     status = statuses[names.index(machine)]
+    if status.baseline:
+        st.markdown(f"Baseline: **{status.baseline.describe()}**" + (
+            ": each verdict is on the mean of the last clip scores against the bank and this machine's baseline, "
+            "against a threshold fitted from the baseline alone" if status.baseline.size and
+            status.baseline.size >= (status.baseline.target or 0) else ""))
     show_alert(store, machine)
     rows = store.history(machine, limit=TREND_CLIPS)
     chart = st.plotly_chart(score_trend(rows, machine), width="stretch", on_select="rerun", selection_mode="points",
@@ -147,6 +191,8 @@ def main() -> None:
         picked = newest_first[st.selectbox("Clip", range(len(labels)), format_func=labels.__getitem__, key="clip")]
     if picked is not None:
         show_clip(picked)
+        if picked.score is not None:
+            mark_healthy(store, url, machine, picked)
     show_rule(store, status)
 
 

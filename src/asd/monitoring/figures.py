@@ -21,9 +21,12 @@ def score_trend(rows: list[HistoryRow], machine: str) -> go.Figure:
     """Anomaly score over recorded-at time for one machine's scored clips.
 
     Points are coloured by verdict, one trace per verdict (so the legend reads as a key);
-    the decision threshold each score was judged against is drawn as a dotted step line;
-    each change of model version is a dashed vertical line labelled with the new version.
-    Each point's ``customdata`` is ``[clip id, path]``, for selecting a clip.
+    a clip judged against a baseline shows its clip score (against the bank plus the
+    baseline), and the window score (the mean the verdict is on) is drawn as a line; the
+    decision threshold each score was judged against (the model's, or the machine's
+    fitted from its baseline) is a dotted step line; each change of model version is a
+    dashed vertical line labelled with the new version. Each point's ``customdata`` is
+    ``[clip id, file name]``, for selecting a clip.
 
     Parameters
     ----------
@@ -34,15 +37,25 @@ def score_trend(rows: list[HistoryRow], machine: str) -> go.Figure:
     """
     scored = [r for r in rows if r.score is not None]
     figure = go.Figure()
+
+    def clip_score(r):
+        return r.clip_score if r.baseline_size and r.clip_score is not None else r.score
+
     for verdict, colour in VERDICT_COLOURS.items():
         points = [r for r in scored if r.verdict == verdict]
         if not points:
             continue
         figure.add_trace(go.Scatter(
-            x=[r.recorded_at for r in points], y=[r.score for r in points], mode="markers", name=verdict,
+            x=[r.recorded_at for r in points], y=[clip_score(r) for r in points], mode="markers", name=verdict,
             marker={"color": colour, "size": 9, "line": {"width": 1, "color": "white"}},
             customdata=[[r.clip_id, Path(r.path).name] for r in points],
             hovertemplate="%{x|%Y-%m-%d %H:%M:%S} UTC<br>%{customdata[1]}<br>score %{y:.4f}<extra>" + verdict + "</extra>"))
+    windowed = [r for r in scored if r.window_score is not None]
+    if windowed:
+        figure.add_trace(go.Scatter(
+            x=[r.recorded_at for r in windowed], y=[r.window_score for r in windowed], mode="lines",
+            name="window score (mean of the last clips)", line={"color": "black", "width": 2},
+            hovertemplate="%{x|%Y-%m-%d %H:%M:%S} UTC<br>window score %{y:.4f}<extra></extra>"))
     if scored:
         figure.add_trace(go.Scatter(
             x=[r.recorded_at for r in scored], y=[r.threshold for r in scored], mode="lines", name="decision threshold",
