@@ -15,6 +15,7 @@ import sys
 import pytest
 
 from asd.layout import versions as versions_of
+from asd.measure.postgres_server import postgres_bin
 
 from .conftest import REPO, SHIPPED_MODELS, SUBSET
 
@@ -59,10 +60,68 @@ def test_every_part_is_measured_for_every_shipped_version(report):
     assert caching["cached_epoch_s"]["median"] > 0 and caching["recomputed_epoch_s"]["median"] > 0
     # the Markdown report carries each section and one target row per version and figure
     for heading in ("## Targets", "## Scoring", "## One 12 s clip through a server", "## Training",
-                    "## Memory (peak RSS)", "## The naive way, side by side"):
+                    "## Memory (peak RSS)", "## Ingest", "## The naive way, side by side"):
         assert heading in markdown
-    assert len(data["headline"]) == 2 * len(versions) + 1
+    assert len(data["headline"]) == 2 * len(versions) + 1 + 2  # and ingest into SQLite and PostgreSQL
     assert "quick mode" in markdown
+
+
+def _check_ingest(ingest: dict, n_clips: int, n_machines: int) -> None:
+    """The ingest section's fields exist and are sane: every clip given was counted
+    (printed by asd score, stored by asd monitor), rates positive; no time judged."""
+    assert (ingest["n_clips"], ingest["n_machines"]) == (n_clips, n_machines)
+    assert ingest["version"] == max(versions_of(SHIPPED_MODELS / "toycar"))
+    assert 0 < ingest["n_small"] < n_clips
+    measured = ["score", "sqlite"]
+    if "skipped" in ingest["postgresql"]:
+        assert postgres_bin() is None and os.environ.get("ASD_REQUIRE_POSTGRES") != "1", ingest["postgresql"]
+        assert "PostgreSQL is not installed" in ingest["postgresql"]["skipped"]
+    else:
+        measured.append("postgresql")
+    for key in measured:
+        r = ingest[key]
+        assert r["clips"] == [n_clips] * ingest["repeats"], key
+        assert r["with_startup_clips_per_s"]["min"] > 0 and r["seconds"]["min"] > 0 and r["small_seconds"]["min"] > 0
+        assert r["peak_rss_mb"]["median"] > 100  # TensorFlow and the model loaded
+        # a few clips: start-up noise may outweigh them (then no start-up-free rate)
+        assert r["clips_per_s"] is None or r["clips_per_s"]["min"] > 0
+        if key != "score":
+            assert r["scored"] == n_clips  # every clip scored, none failed
+            rate = ingest["ratio"][key]
+            assert rate is None or rate > 0
+
+
+def test_ingest_is_measured_against_asd_score(report):
+    data, markdown = report
+    _check_ingest(data["ingest"], 16, 2)  # quick: the 8 subset clips twice, in 2 machine folders
+    rows = [r for r in data["headline"] if "asd monitor --once" in r["what"]]
+    assert [("SQLite" in r["what"], "PostgreSQL" in r["what"]) for r in rows] == [(True, False), (False, True)]
+    for row in rows:
+        assert row["target"].startswith(">= 80 % of `asd score`'s clips/s")
+        assert row["met"] in (True, False, None)
+    assert "| `asd monitor --once`, SQLite |" in markdown
+
+
+def test_sections_update_an_existing_report(tmp_path):
+    """``--sections ingest`` measures ingest only and keeps the report's other sections."""
+    committed = REPO / "benchmarks" / "speed" / "report.json"
+    out = tmp_path / "report.md"
+    shutil.copy(committed, out.with_suffix(".json"))
+    run = subprocess.run(
+        [sys.executable, "-m", "asd.cli", "bench", "--quick", "--sections", "ingest", "--data", str(SUBSET),
+         "--max-clips", "4", "--ingest-clips", "8", "--ingest-machines", "2", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    before, after = json.loads(committed.read_text()), json.loads(out.with_suffix(".json").read_text())
+    for key in ("scoring", "rest", "grpc", "app", "training", "feature_caching", "date", "git_commit", "settings"):
+        assert after[key] == before[key], key
+    assert after["updates"][-1]["sections"] == ["ingest"] and after["updates"][-1]["settings"]["quick"]
+    _check_ingest(after["ingest"], 8, 2)
+    assert ([r for r in after["headline"] if "monitor" not in r["what"]]
+            == [r for r in before["headline"] if "monitor" not in r["what"]])  # the other rows as they were
+    text = out.read_text()
+    assert "## Scoring" in text and "## Ingest" in text and "Re-measured since: ingest" in text
 
 
 @pytest.mark.skipif(not shutil.which("chromium") and os.environ.get("ASD_REQUIRE_BROWSER") != "1",

@@ -1251,7 +1251,6 @@ def _ingest_markdown(i: dict) -> list[str]:
         counted = "/".join(map(str, sorted(set(r["clips"]))))
         lines.append(f"| {label} | {rate} | {ratio} | {_range(r['with_startup_clips_per_s'])} | {startup} | "
                      f"{counted} | {r['peak_rss_mb']['median']:g} |")
-    lines.append("")
     if score["clips_per_s"] is None:
-        lines += ["`asd score`'s start-up outweighed its extra clips here: no ratio.", ""]
+        lines += ["", "`asd score`'s start-up outweighed its extra clips here: no ratio."]
     return lines
