@@ -33,6 +33,13 @@ def test_the_shipped_version_with_the_best_official_score_is_recommended_and_say
     assert "recommended" in label and label.endswith(DETECTOR_IN_WORDS[next(c.detector for c in marked if c.recommended)])
 
 
+def test_v5_the_reexport_of_v4_is_recommended_where_v4_was():
+    marked, reason = recommend(_shipped_choices())
+    assert [c.version for c in marked if c.recommended] == [5]
+    assert next(c for c in marked if c.version == 5).reexport_of == 4
+    assert "tied with v4 (v5 is v4 re-exported: the same scores), the latest is taken." in reason
+
+
 def test_a_tie_goes_to_the_latest_and_unevaluated_versions_get_no_mark():
     choices = _shipped_choices()
     tied = [dataclasses.replace(c, official_score=0.6) for c in choices]

@@ -108,8 +108,12 @@ def test_enroll_curve_command_on_the_subset(tmp_path):
 def test_committed_curve_is_the_shipped_versions_and_readme_quotes_it():
     from asd.layout import versions
 
+    from asd.metadata import ModelMetadata
+
     report = json.loads(COMMITTED.read_text())
-    assert report["model"]["version"] == max(versions(SHIPPED_MODELS / "toycar"))
+    latest = ModelMetadata.read(SHIPPED_MODELS / "toycar" / str(max(versions(SHIPPED_MODELS / "toycar"))))
+    # the latest, or the version it re-exports unchanged (v5: v4 with the embedding output)
+    assert report["model"]["version"] in (latest.version, (latest.reexport or {}).get("base_version"))
     assert report["ks"] == [0, 3, 5, 10, 20, 40] and report["draws"] == 10 and report["n_test"] == 200
     assert report["check"]["max_abs_score_difference_vs_served"] < 1e-5
     assert report["check"]["threshold_refitted"] == pytest.approx(report["check"]["threshold_stored"], rel=1e-5)
@@ -268,6 +272,32 @@ def smote_models(tmp_path_factory):
     ])
     train(config, log=lambda *_: None)
     return root / "models"
+
+
+def test_trained_and_enrolled_versions_serve_the_embedding(smote_models):
+    """A new multispec_scac export serves its clip embedding as the output ``embedding``
+    (the one the bank is searched with), and so does a version enrolled into it."""
+    import shutil
+
+    import tensorflow as tf
+
+    from asd.enrolment import EmbeddingModel, enroll
+    from asd.measure.enrolment_curve import _model_inputs
+    from asd.metadata import ModelMetadata
+
+    model = EmbeddingModel(smote_models, "toycar", 1)
+    assert model.metadata.outputs == ["patch_error", "frame_error", "embedding", "unfamiliarity"]
+    assert "embedding" in model._output_names
+    inputs = _model_inputs(model, sorted((SUBSET / "test").glob("*.flac"))[:3])
+    served = model.serve(inputs)
+    assert served["embedding"].shape == (3, model(inputs[:1]).shape[1]) and served["embedding"].dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(served["embedding"], axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(served["embedding"], model(inputs))
+    new = enroll(smote_models, "toycar", TARGET_NORMALS[:1], "target", force=True, log=lambda *_: None)
+    assert ModelMetadata.read(new).outputs[-1] == "embedding"
+    enrolled = tf.saved_model.load(str(new)).signatures["serving_default"](waveform=tf.constant(inputs))
+    np.testing.assert_allclose(enrolled["embedding"].numpy(), served["embedding"], atol=1e-6)
+    shutil.rmtree(new)  # the next test enrols into the latest: version 1 again
 
 
 def test_a_knn_smote_version_takes_enrolled_clips_as_more_references(smote_models):

@@ -1,5 +1,5 @@
 """The REST stand-in answers as TF Serving 2.20 does, over the shipped models
-(production/models/toycar versions 1 and 4): version labels from a models.config,
+(production/models/toycar versions 1, 4 and 5): version labels from a models.config,
 paths matched as TF Serving's regular expressions match them, inconsistent inputs
 refused with 400 and TF Serving's messages, and no timing header of its own (the speed
 bench splits a request's time on the client's side)."""
@@ -89,7 +89,7 @@ def test_version_labels_name_versions_for_status_metadata_and_predict(server, pa
     assert by_label["patch_error"] == by_number["patch_error"] and len(by_label["patch_error"]) == 3
     # the status route does not look at a label: every version, as get_model_status_impl.cc answers
     assert _get(server, "/v1/models/toycar/labels/stable").json() == _get(server, "/v1/models/toycar").json()
-    assert [s["version"] for s in _get(server, "/v1/models/toycar/labels/nope").json()["model_version_status"]] == ["1", "4"]
+    assert [s["version"] for s in _get(server, "/v1/models/toycar/labels/nope").json()["model_version_status"]] == ["1", "4", "5"]
 
 
 def test_an_unknown_label_is_refused_as_tf_serving_refuses_it(server):
@@ -162,7 +162,7 @@ def test_a_refused_request_leaves_a_keep_alive_connection_usable(server):
         assert refused.status_code == 400
         again = session.post(server.url + "/v1/models/toycar:predict",
                              json={"signature_name": "metadata", "inputs": [0.0]}, timeout=60)
-        assert again.status_code == 200 and _metadata_version(again) == 4
+        assert again.status_code == 200 and _metadata_version(again) == 5  # the latest
 
 
 # -- 2. inputs -----------------------------------------------------------------------

@@ -34,7 +34,13 @@ from .detectors.backends import ReferenceBank, build_bank
 from .familiarity import OUTPUT_NAME as FAMILIARITY_OUTPUT
 from .familiarity import familiarity_features, nearest_distance
 from .layout import resolve_version_dir
-from .metadata import METADATA_SIGNATURE, SERVING_SIGNATURE, WAVEFORM_INPUT_NAME, ModelMetadata
+from .metadata import (
+    EMBEDDING_OUTPUT_NAME,
+    METADATA_SIGNATURE,
+    SERVING_SIGNATURE,
+    WAVEFORM_INPUT_NAME,
+    ModelMetadata,
+)
 from .scoring import fit_gamma_threshold
 
 #: Backends whose score is the plain nearest cosine distance over all references (divisors
@@ -116,7 +122,10 @@ class EmbeddingModel:
 def _embedding_function(loaded, input_samples: int):
     """``(embed, serve_with_embedding, output names, handles, concrete function)``.
 
-    ``embed`` is the exported serving function pruned to its ``l2_normalize`` output;
+    ``embed`` is the exported serving function pruned to its embedding: its ``embedding``
+    output where it has one (:data:`asd.metadata.EMBEDDING_OUTPUT_NAME`: versions exported
+    since, re-exported with :func:`add_embedding_output`, or enrolled), else its
+    ``l2_normalize`` op's output (the same tensor);
     ``serve_with_embedding`` the same function giving that embedding first, then its own
     outputs (``output names``, in that order), each op run once. Both are called with a
     batch of waveforms and ``handles``, the captured inputs of the serving function
@@ -137,8 +146,12 @@ def _embedding_function(loaded, input_samples: int):
     if len(calls) != 1:
         raise EnrolmentError(f"the serving function calls {len(calls)} functions; expected one")
     call = calls[0]
-    inner = function_def_to_graph.function_def_to_graph(context.context().get_function_def(call.get_attr("f").name))
-    if EMBEDDING_OP not in {op.name for op in inner.get_operations()}:
+    # with the functions it calls (a re-exported version's graph calls the one it was made from), so
+    # that a version saved from it holds them too
+    inner = function_def_to_graph.function_def_to_graph(context.context().get_function_def(call.get_attr("f").name),
+                                                        include_library_functions=True)
+    if (EMBEDDING_OUTPUT_NAME not in concrete.structured_outputs
+            and EMBEDDING_OP not in {op.name for op in inner.get_operations()}):
         raise EnrolmentError(f"the served graph has no '{EMBEDDING_OP}' embedding: not a reference-bank model")
     captured = {id(internal): external for external, internal in concrete.graph.captures}
     try:
@@ -156,7 +169,10 @@ def _embedding_function(loaded, input_samples: int):
             raise EnrolmentError(f"the serving function's output '{name}' is not its call's")
         names.append(name)
         fetches.append(inner.outputs[call_outputs[id(tensor)]])
-    embedding = inner.get_operation_by_name(EMBEDDING_OP).outputs[0]
+    if EMBEDDING_OUTPUT_NAME in names:
+        embedding = fetches[names.index(EMBEDDING_OUTPUT_NAME)]
+    else:
+        embedding = inner.get_operation_by_name(EMBEDDING_OP).outputs[0]
     wrapped = wrap_function.WrappedFunction(inner, variable_holder=wrap_function.VariableHolder(share_variables=True))
     embed = wrapped.prune(feeds=list(inner.inputs), fetches=[embedding])
     serve_with_embedding = wrapped.prune(feeds=list(inner.inputs), fetches=[embedding, *fetches])
@@ -236,37 +252,65 @@ def leave_one_out_scores(bank: ReferenceBank, rows: np.ndarray) -> np.ndarray:
 # -- asd enroll: a new version with enrolled clips ----------------------------------------
 
 
-class _EnrolledModule(tf.Module):
-    """The base version's graph plus the enrolled clips: ``serving_default`` runs the
-    base's serving graph once (its embedding and outputs), with each score the minimum of the base score and the cosine distance to the
-    nearest enrolled clip (the k-NN bank's rule: the nearest of all references), and the
-    unfamiliarity the minimum of the base's and the distance to the nearest enrolled
-    clip's familiarity summary (:mod:`asd.familiarity`)."""
+class _ServedGraphModule(tf.Module):
+    """A version's served graph (the same ops, its variables, its captured constants) in a
+    new module, whose ``serving_default`` is :meth:`_serve` over it: the base for versions
+    written from another without training (:class:`_EnrolledModule`,
+    :class:`_EmbeddingOutputModule`)."""
 
-    def __init__(self, model: EmbeddingModel, enrolled: np.ndarray, summaries: np.ndarray, metadata: ModelMetadata):
+    def __init__(self, model: EmbeddingModel, metadata: ModelMetadata):
         super().__init__()
         by_handle = {id(v.handle): v for v in model._concrete.variables}
         self._args = [by_handle.get(id(h)) for h in model._handles]  # a variable, or None for a captured constant
         self.tracked_variables = [v for v in self._args if v is not None]
         self.captured_constants = [tf.constant(h.numpy()) for h, v in zip(model._handles, self._args) if v is None]
-        self.enrolled = tf.constant(np.ascontiguousarray(enrolled.T, dtype=np.float32))  # (dim, k)
-        self.summaries = tf.constant(np.asarray(summaries, dtype=np.float32))  # (k, 2 * n_mels)
         self._serve_with_embedding = model._serve_with_embedding
         self._output_names = model._output_names
-        self._sample_rate = metadata.features.sample_rate
         spec = tf.TensorSpec([None, int(metadata.input_samples)], tf.float32, name=WAVEFORM_INPUT_NAME)
-        self.serve = tf.function(self._serve, input_signature=[spec])
+        # named as an exported version's endpoint, so that EmbeddingModel reads the written version too
+        self.serving_default = tf.function(self._serve, input_signature=[spec])
 
-    def _serve(self, waveform):
+    def _base(self, waveform):
+        """The base version's graph once: its embedding and its own outputs by name."""
         constants = iter(self.captured_constants)
         args = [v.handle if v is not None else next(constants) for v in self._args]
-        # the base version's graph once: its embedding and its own outputs
         embedding, *outputs = self._serve_with_embedding(waveform, *args)
-        base = dict(zip(self._output_names, outputs))
+        return embedding, dict(zip(self._output_names, outputs))
+
+    def _serve(self, waveform):
+        raise NotImplementedError
+
+
+class _EmbeddingOutputModule(_ServedGraphModule):
+    """The base version's ``serving_default`` unchanged, plus its clip embedding as the
+    output ``embedding`` (:func:`add_embedding_output`)."""
+
+    def _serve(self, waveform):
+        embedding, outputs = self._base(waveform)
+        return {**outputs, EMBEDDING_OUTPUT_NAME: embedding}
+
+
+class _EnrolledModule(_ServedGraphModule):
+    """The base version's graph plus the enrolled clips: ``serving_default`` runs the
+    base's serving graph once (its embedding and outputs), with each score the minimum of the base score and the cosine distance to the
+    nearest enrolled clip (the k-NN bank's rule: the nearest of all references), the
+    unfamiliarity the minimum of the base's and the distance to the nearest enrolled
+    clip's familiarity summary (:mod:`asd.familiarity`), and the clip embedding as the
+    output ``embedding`` (enrolment changes the bank, not the embedding)."""
+
+    def __init__(self, model: EmbeddingModel, enrolled: np.ndarray, summaries: np.ndarray, metadata: ModelMetadata):
+        super().__init__(model, metadata)  # serving_default is traced on first call, after these are set
+        self.enrolled = tf.constant(np.ascontiguousarray(enrolled.T, dtype=np.float32))  # (dim, k)
+        self.summaries = tf.constant(np.asarray(summaries, dtype=np.float32))  # (k, 2 * n_mels)
+        self._sample_rate = metadata.features.sample_rate
+
+    def _serve(self, waveform):
+        embedding, base = self._base(waveform)
         score = tf.minimum(base["patch_error"], tf.reduce_min(1.0 - tf.matmul(embedding, self.enrolled), axis=1))
         unfamiliarity = tf.minimum(base[FAMILIARITY_OUTPUT],
                                    nearest_distance(familiarity_features(waveform, self._sample_rate), self.summaries))
-        return {"patch_error": score, "frame_error": score[:, None], FAMILIARITY_OUTPUT: unfamiliarity}
+        return {"patch_error": score, "frame_error": score[:, None], FAMILIARITY_OUTPUT: unfamiliarity,
+                EMBEDDING_OUTPUT_NAME: embedding}
 
 
 def enroll(models_dir: str | Path, name: str, clips: list[str | Path], domain: str, base_version: int | None = None,
@@ -386,6 +430,7 @@ def enroll(models_dir: str | Path, name: str, clips: list[str | Path], domain: s
     tmp = Path(tempfile.mkdtemp(prefix=".enrolling-", dir=target_root))
     try:
         new_meta = ModelMetadata.from_dict({**meta.to_dict(), "version": 0, "threshold": threshold})
+        new_meta.outputs = [*(o for o in new_meta.outputs if o != EMBEDDING_OUTPUT_NAME), EMBEDDING_OUTPUT_NAME]
         new_meta.enrolment = {
             "base_version": meta.version, "root_version": root_version, "domain": domain, "clips": records,
             "n_clips": len(records), "n_clips_in_bank": int(len(enrolled["names"])),
@@ -425,10 +470,12 @@ def _read_enrolled(version_dir: Path) -> dict[str, np.ndarray]:
         raise EnrolmentError(f"{version_dir}: its enrolled clips ({ENROLLED_FILE}) cannot be read: {exc}") from None
 
 
-def _publish(module: _EnrolledModule, metadata: ModelMetadata, tmp: Path, root: Path, base_dir: Path,
-             write_warmup_requests, enrolled: dict[str, np.ndarray]) -> Path:
+def _publish(module: _ServedGraphModule, metadata: ModelMetadata, tmp: Path, root: Path, base_dir: Path,
+             write_warmup_requests, enrolled: dict[str, np.ndarray] | None, check=None) -> Path:
     """Save into ``tmp``, then rename it to the next free version number under ``root``
-    (retrying with the next number while another writer takes it)."""
+    (retrying with the next number while another writer takes it). ``enrolled``: the
+    enrolled clips to keep beside it (None: none); ``check``: called with the written
+    folder before it is renamed into place (raising stops the publication)."""
     from .export import _metadata_function
     from .layout import next_version
 
@@ -438,13 +485,18 @@ def _publish(module: _EnrolledModule, metadata: ModelMetadata, tmp: Path, root: 
         staged = tmp / "version"
         shutil.rmtree(staged, ignore_errors=True)
         tf.saved_model.save(module, str(staged), signatures={
-            SERVING_SIGNATURE: module.serve, METADATA_SIGNATURE: _metadata_function(metadata)})
+            SERVING_SIGNATURE: module.serving_default, METADATA_SIGNATURE: _metadata_function(metadata)})
+        if (staged / "assets").is_dir() and not any((staged / "assets").iterdir()):
+            (staged / "assets").rmdir()  # empty: TF Serving needs none
         metadata.write(staged)
         band_profiles = base_dir / "assets.extra" / "band_profiles.npz"
         if band_profiles.is_file():  # the explanation plot's training clips (the enrolled ones are not in it)
             shutil.copy2(band_profiles, staged / "assets.extra" / band_profiles.name)
         write_warmup_requests(staged, metadata)
-        np.savez(staged / ENROLLED_FILE, **enrolled)  # what a later enrolment into this version builds on
+        if enrolled is not None:
+            np.savez(staged / ENROLLED_FILE, **enrolled)  # what a later enrolment into this version builds on
+        if check is not None:
+            check(staged)
         final = root / str(version)
         try:
             os.rename(staged, final)  # atomic; fails if another enrolment created this version first
@@ -453,3 +505,119 @@ def _publish(module: _EnrolledModule, metadata: ModelMetadata, tmp: Path, root: 
             if not final.exists():
                 raise
     raise EnrolmentError(f"could not find a free version number under {root}")
+
+
+# -- asd resave --add-embedding: a version re-exported with its embedding as an output -----
+
+#: What :func:`add_embedding_output` records in the new version's metadata (``reexport``).
+EMBEDDING_REEXPORT = ("serving_default re-exported with the clip embedding as the output 'embedding' "
+                      "((batch, dim) float32, L2-normalised); the other outputs are the base version's graph, "
+                      "unchanged (asd.enrolment.add_embedding_output)")
+
+
+class EmbeddingOutputMismatchError(EnrolmentError):
+    """A version written by :func:`add_embedding_output` does not answer as its base."""
+
+
+def compare_with_embedding(base_dir: "str | Path | EmbeddingModel", new_dir: str | Path, waveforms: np.ndarray,
+                           batch: int = 8) -> dict[str, float]:
+    """Max absolute difference of each ``serving_default`` output of ``new_dir`` from
+    ``base_dir``'s on ``waveforms`` ``(n, input_samples)``, and of its ``embedding`` from
+    the base's embedding (:class:`EmbeddingModel` of the base) under ``"embedding"``.
+
+    Raises
+    ------
+    EmbeddingOutputMismatchError
+        The new version lacks one of the base's outputs or the embedding, or an output's
+        shape or dtype differs.
+    """
+    base = base_dir if isinstance(base_dir, EmbeddingModel) else EmbeddingModel(base_dir)
+    new = tf.saved_model.load(str(new_dir))
+    differences: dict[str, float] = {}
+    for i in range(0, len(waveforms), batch):
+        chunk = np.asarray(waveforms[i: i + batch], dtype=np.float32)
+        before = base.serve(chunk)
+        before[EMBEDDING_OUTPUT_NAME] = base(chunk)
+        after = {k: v.numpy() for k, v in new.signatures[SERVING_SIGNATURE](
+            **{WAVEFORM_INPUT_NAME: tf.constant(chunk)}).items()}
+        if set(after) != set(before):
+            raise EmbeddingOutputMismatchError(f"{new_dir}: outputs {sorted(after)}, expected {sorted(before)}")
+        for key, value in before.items():
+            if after[key].shape != value.shape or after[key].dtype != value.dtype:
+                raise EmbeddingOutputMismatchError(f"{new_dir}: output {key} is {after[key].dtype} "
+                                                   f"{after[key].shape}, expected {value.dtype} {value.shape}")
+            gap = float(np.max(np.abs(after[key].astype(np.float64) - value))) if value.size else 0.0
+            differences[key] = max(differences.get(key, 0.0), gap)
+    return differences
+
+
+def add_embedding_output(models_dir: str | Path, name: str | None = None, base_version: int | None = None,
+                         tolerance: float = 1e-6, log=print) -> Path:
+    """Write a new version of a reference-bank model: the base version's ``serving_default``
+    with the clip embedding as the output ``embedding`` (issue 29), nothing trained.
+
+    - Same graph, same variables (:class:`EmbeddingModel`'s ``serve_with_embedding``: the
+      base's served function once, giving its embedding and its own outputs), so the
+      existing outputs keep their names, shapes and values.
+    - Metadata: the base's (thresholds, evaluation, training record, unfamiliar
+      reference) with ``embedding`` among the outputs, the new version number and a
+      ``reexport`` record naming the base version; warm-up requests written as for any
+      export; ``assets.extra/band_profiles.npz`` copied.
+    - Checked before it is published: on the warm-up clip, every output of the base
+      within ``tolerance`` of the base's, the embedding within it of
+      :class:`EmbeddingModel`'s; written to a hidden folder and renamed to the next free
+      version number (TF Serving then serves it as the latest).
+
+    Parameters
+    ----------
+    models_dir : str or Path
+        A models directory (with ``name``), a model directory or a version directory.
+    base_version : int, optional
+        Default: the latest.
+
+    Returns
+    -------
+    Path
+        The new version's directory, ``<models>/<name>/<next version>``.
+
+    Raises
+    ------
+    EnrolmentError
+        The base version is not a single-network reference-bank model
+        (:class:`EmbeddingModel`), or it already has the ``embedding`` output.
+    EmbeddingOutputMismatchError
+        The written version answers otherwise (nothing is published).
+    """
+    from .export import _metadata_function  # noqa: F401  (imported by _publish; fails early without keras)
+    from .warmup import warmup_input, write_warmup_requests
+
+    model = EmbeddingModel(models_dir, name, base_version)
+    meta = model.metadata
+    if EMBEDDING_OUTPUT_NAME in model._output_names:
+        raise EnrolmentError(f"{model.version_dir}: serving_default already has the '{EMBEDDING_OUTPUT_NAME}' output")
+    module = _EmbeddingOutputModule(model, meta)
+    new_meta = ModelMetadata.from_dict({**meta.to_dict(), "version": 0})
+    new_meta.outputs = [*meta.outputs, EMBEDDING_OUTPUT_NAME]
+    new_meta.reexport = {"base_version": meta.version, "change": EMBEDDING_REEXPORT,
+                         "checked": f"every output within {tolerance:g} of v{meta.version}'s on the warm-up clip",
+                         "tensorflow": tf.__version__,
+                         "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+    def check(staged: Path) -> None:
+        differences = compare_with_embedding(model, staged, warmup_input(meta))
+        worst = max(differences, key=differences.get)
+        if differences[worst] > tolerance:
+            raise EmbeddingOutputMismatchError(f"output {worst} differs from v{meta.version}'s by "
+                                               f"{differences[worst]:.3g} on the warm-up clip (tolerance {tolerance:g})")
+        log("checked on the warm-up clip, max abs difference from v"
+            f"{meta.version}: " + ", ".join(f"{k} {v:.3g}" for k, v in sorted(differences.items())))
+
+    root = model.version_dir.parent
+    tmp = Path(tempfile.mkdtemp(prefix=".reexporting-", dir=root))
+    try:
+        version_dir = _publish(module, new_meta, tmp, root, model.version_dir, write_warmup_requests, None, check)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f"{meta.name} v{meta.version} re-exported with the '{EMBEDDING_OUTPUT_NAME}' output as version "
+        f"{version_dir.name} at {version_dir}")
+    return version_dir

@@ -50,6 +50,28 @@ def _row_limited(batch: list, max_rows: int) -> Iterator[list]:
         yield chunk
 
 
+def clip_embedding(rows: np.ndarray) -> np.ndarray:
+    """A clip's embedding ``(dim,)`` float32 from its rows of the ``embedding`` output
+    ``(n_rows, dim)``: a waveform model's one row as it is (whichever request it came
+    in); several rows (a model whose clip is several inputs) their mean, L2-normalised
+    again so that it stays a unit vector like each row.
+
+    Raises
+    ------
+    asd.serving.ServingError
+        No rows, or a non-finite value (the model or its input is broken).
+    """
+    rows = np.asarray(rows, dtype=np.float32)
+    if rows.ndim != 2 or not len(rows) or not np.isfinite(rows).all():
+        raise ServingError(f"the model returned an unusable clip embedding (shape {rows.shape}, non-finite values "
+                           "or no rows)")
+    if len(rows) == 1:
+        return rows[0].copy()
+    mean = rows.mean(axis=0, dtype=np.float64)
+    norm = np.linalg.norm(mean)
+    return (mean / norm if norm > 0 else mean).astype(np.float32)
+
+
 @dataclass
 class ClipResult:
     """A scored clip, with what explains the score.
@@ -86,6 +108,10 @@ class ClipResult:
         without it.
     unfamiliar_threshold : float or None
         Above it the verdict is ``"unfamiliar"``.
+    embedding : np.ndarray [shape=(dim,), dtype=float32] or None
+        The clip's embedding from the model's ``embedding`` output (reference-bank models:
+        L2-normalised; the score is its cosine distance to the nearest reference clip);
+        None for models without that output.
     """
 
     name: str
@@ -101,6 +127,7 @@ class ClipResult:
     backend_seconds: float = 0.0
     unfamiliarity: float | None = None
     unfamiliar_threshold: float | None = None
+    embedding: np.ndarray | None = None
 
     @property
     def margin(self) -> float:
@@ -277,9 +304,10 @@ class Detector:
             rows = slice(int(start), int(end))
             reconstruction = None if prediction.reconstruction is None else prediction.reconstruction[rows]
             unfamiliarity = None if prediction.unfamiliarity is None else prediction.unfamiliarity[rows]
+            embedding = None if prediction.embedding is None else clip_embedding(prediction.embedding[rows])
             results.append(
                 self._result(prepared, prediction.patch_error[rows], prediction.frame_error[rows], reconstruction,
-                             backend_seconds, unfamiliarity)
+                             backend_seconds, unfamiliarity, embedding)
             )
         return results
 
@@ -295,7 +323,8 @@ class Detector:
             for f in fields(Prediction)
         })
 
-    def _result(self, prepared, patch_error, frame_error, reconstruction, backend_seconds, unfamiliarity) -> ClipResult:
+    def _result(self, prepared, patch_error, frame_error, reconstruction, backend_seconds, unfamiliarity,
+                embedding=None) -> ClipResult:
         """A clip's result from its rows of the model's outputs."""
         n_frames = prepared.logmel.shape[1]
         try:
@@ -323,6 +352,7 @@ class Detector:
             backend_seconds=backend_seconds,
             unfamiliarity=unfamiliarity,
             unfamiliar_threshold=self.unfamiliar_threshold,
+            embedding=embedding,
         )
 
     def score_clip(self, clip: AudioClip) -> ClipResult:

@@ -25,8 +25,12 @@ INPUT_NAME = "logmel_patches"
 # float32 in [-1, 1] at the feature sample rate (whole-clip spectrum detectors).
 WAVEFORM_INPUT_NAME = "waveform"
 # serving_default outputs: every model gives patch_error and frame_error; autoencoders also
-# reconstruction, waveform models also unfamiliarity (asd.familiarity).
-OUTPUT_NAMES = ("reconstruction", "patch_error", "frame_error", "unfamiliarity")
+# reconstruction, waveform models also unfamiliarity (asd.familiarity), reference-bank
+# models (multispec_scac) also embedding.
+OUTPUT_NAMES = ("reconstruction", "patch_error", "frame_error", "unfamiliarity", "embedding")
+# The clip embedding a reference-bank model scores with: (batch, dim) float32, L2-normalised
+# (its score is the cosine distance 1 - e.r to the nearest reference clip r).
+EMBEDDING_OUTPUT_NAME = "embedding"
 # What a model exported without a signature record gives (asd's first models).
 DEFAULT_OUTPUT_NAMES = ("reconstruction", "patch_error", "frame_error")
 REQUIRED_OUTPUT_NAMES = ("patch_error", "frame_error")
@@ -84,6 +88,11 @@ class ModelMetadata:
         A version made by ``asd enroll`` from another (:func:`asd.enrolment.enroll`): the
         base version, the enrolled clips' domain, and each clip's name and PCM hash;
         None for a trained version.
+    reexport : dict or None
+        A version written from another without training (e.g. ``asd resave
+        --add-embedding``, :func:`asd.enrolment.add_embedding_output`): the base version
+        and what changed; its threshold, evaluation and training record are the base's.
+        None otherwise.
     """
 
     name: str
@@ -102,6 +111,7 @@ class ModelMetadata:
     unfamiliar: dict | None = None
     frame_threshold: dict | None = None
     enrolment: dict | None = None
+    reexport: dict | None = None
     format: str = FORMAT
 
     @property
@@ -130,6 +140,7 @@ class ModelMetadata:
             **({"unfamiliar": self.unfamiliar} if self.unfamiliar else {}),
             **({"frame_threshold": self.frame_threshold} if self.frame_threshold else {}),
             **({"enrolment": self.enrolment} if self.enrolment else {}),
+            **({"reexport": self.reexport} if self.reexport else {}),
             "score_unit": self.score_unit,
             "signature": {
                 "name": SERVING_SIGNATURE,
@@ -181,6 +192,7 @@ class ModelMetadata:
                 unfamiliar=values.get("unfamiliar"),
                 frame_threshold=values.get("frame_threshold"),
                 enrolment=values.get("enrolment"),
+                reexport=values.get("reexport"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelMismatchError(f"model metadata is incomplete or invalid: {exc}") from None

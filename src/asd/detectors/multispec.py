@@ -34,8 +34,11 @@ combine STFT and whole-clip FFT branches trained with sub-cluster AdaCos (Wilkin
 
 Served with the waveform signature of :mod:`asd.metadata`: input ``waveform``
 ``(batch, clip_seconds * sample_rate)`` float32, outputs ``patch_error`` ``(batch,)`` (the
-clip's score) and ``frame_error`` ``(batch, 1)``; features, networks, bank and divisors
-are all in the graph.
+clip's score), ``frame_error`` ``(batch, 1)`` and ``embedding`` ``(batch, dim)`` (the clip
+embedding the bank is searched with, L2-normalised; an ensemble's is its networks'
+normalised embeddings side by side over sqrt(n_models), a unit vector whose cosine
+distance is the mean of theirs); features, networks, bank and divisors are all in the
+graph.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ import tensorflow as tf
 from keras import layers
 from pydantic import Field, model_validator
 
-from ..metadata import WAVEFORM_INPUT_NAME
+from ..metadata import EMBEDDING_OUTPUT_NAME, WAVEFORM_INPUT_NAME
 from .backends import build_bank
 from .base import ClipSet, Params, ServableDetector
 from .progress import epoch_line
@@ -134,7 +137,7 @@ class MultiSpecAdaCosDetector(ServableDetector):
     kind = "multispec_scac"
     description = "multi-resolution STFT + FFT embeddings (ASDKit dis_multispec_scac), sub-cluster AdaCos; cosine reference-bank backend"
     score_unit = "cosine distance to the nearest normal reference clip"
-    outputs = ("patch_error", "frame_error")
+    outputs = ("patch_error", "frame_error", EMBEDDING_OUTPUT_NAME)
     input_name = WAVEFORM_INPUT_NAME
 
     class Model(Params):
@@ -334,12 +337,16 @@ class MultiSpecAdaCosDetector(ServableDetector):
 
         @tf.function(input_signature=[tf.TensorSpec([None, self.input_samples], tf.float32, name=WAVEFORM_INPUT_NAME)])
         def serve(waveform):
-            scores = []
+            scores, embeddings = [], []
             for embedder, refs, divisors in members:
                 e = tf.nn.l2_normalize(embedder(waveform, training=False), axis=1)
+                embeddings.append(e)
                 scores.append(tf.reduce_min((1.0 - tf.matmul(e, refs)) / divisors, axis=1))
             score = tf.reduce_mean(tf.stack(scores), axis=0)
-            return {"patch_error": score, "frame_error": score[:, None]}
+            # one network: its embedding as the bank sees it; an ensemble: all side by side, unit length
+            embedding = embeddings[0] if len(embeddings) == 1 else (
+                tf.concat(embeddings, axis=1) / tf.sqrt(float(len(embeddings))))
+            return {"patch_error": score, "frame_error": score[:, None], EMBEDDING_OUTPUT_NAME: embedding}
 
         return serve
 

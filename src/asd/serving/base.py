@@ -8,7 +8,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..metadata import OUTPUT_NAMES, REQUIRED_OUTPUT_NAMES, ModelMetadata
+from ..metadata import EMBEDDING_OUTPUT_NAME, OUTPUT_NAMES, REQUIRED_OUTPUT_NAMES, ModelMetadata
 
 
 class ServingError(RuntimeError):
@@ -44,12 +44,16 @@ class Prediction:
     unfamiliarity : np.ndarray [shape=(n_clips,), dtype=float32] or None
         How far each clip is from every training clip (:mod:`asd.familiarity`); None for
         models without that output.
+    embedding : np.ndarray [shape=(n_clips, dim), dtype=float32] or None
+        A reference-bank model's clip embedding (L2-normalised; its score is the cosine
+        distance to the nearest reference clip); None for models without that output.
     """
 
     patch_error: np.ndarray
     frame_error: np.ndarray
     reconstruction: np.ndarray | None = None
     unfamiliarity: np.ndarray | None = None
+    embedding: np.ndarray | None = None
 
     @classmethod
     def from_outputs(cls, outputs: dict, n_patches: int) -> "Prediction":
@@ -67,6 +71,9 @@ class Prediction:
         for key, value in arrays.items():
             if value.ndim == 0 or value.shape[0] != n_patches:
                 raise ServingError(f"output '{key}' has shape {value.shape}, expected {n_patches} rows")
+        if EMBEDDING_OUTPUT_NAME in arrays and arrays[EMBEDDING_OUTPUT_NAME].ndim != 2:
+            raise ServingError(f"output '{EMBEDDING_OUTPUT_NAME}' has shape {arrays[EMBEDDING_OUTPUT_NAME].shape}, "
+                               "expected (rows, dim)")
         return cls(**arrays)
 
 

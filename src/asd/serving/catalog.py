@@ -70,6 +70,9 @@ class ModelChoice:
     enrolled : str
         For a version made by ``asd enroll``: what it adds to its base, e.g. ``3 clips of
         'target' enrolled into v4``; empty otherwise.
+    reexport_of : int or None
+        For a version re-exported from another without training (``asd resave
+        --add-embedding``: the same scores, its evaluation the base's): the base version.
     """
 
     name: str
@@ -79,6 +82,7 @@ class ModelChoice:
     official_score: float | None = None
     recommended: bool = False
     enrolled: str = ""
+    reexport_of: int | None = None
 
     @property
     def label(self) -> str:
@@ -98,13 +102,18 @@ class ModelChoice:
         n = enrolment.get("n_clips")
         enrolled = (f"{n} clip{'' if n == 1 else 's'} of '{enrolment.get('domain')}' enrolled into "
                     f"v{enrolment.get('base_version')}") if enrolment else ""
+        base = (metadata.reexport or {}).get("base_version")
         return cls(name, version, latest, metadata.detector, float(score) if score is not None else None,
-                   enrolled=enrolled)
+                   enrolled=enrolled, reexport_of=int(base) if base is not None else None)
 
 
 def recommend(choices: list[ModelChoice]) -> tuple[list[ModelChoice], str | None]:
     """Mark, per model name, the version to use: the best stored official score (its
     metadata's ``evaluation``), the latest of those on a tie.
+
+    A re-exported version (``asd resave --add-embedding``) carries its base's evaluation
+    and scores as it does, so it ties with its base and, being newer, is the one marked
+    (shipped: v5, v4 with the embedding output, where v4 was).
 
     Versions without an evaluation are never recommended; a name none of whose versions
     has one gets no mark (comparing unmeasured models would be a guess). The scores are
@@ -133,9 +142,16 @@ def recommend(choices: list[ModelChoice]) -> tuple[list[ModelChoice], str | None
             " (" + ", ".join(f"v{c.version}: {c.official_score:.3f}" for c in scored) + ")" if scored else ""
         )
         unscored = " among the evaluated versions" if len(scored) < len(others) else ""
+        tied = [c for c in scored if c.official_score == choice.official_score]
+        tie = ""
+        if tied:
+            names = ", ".join(f"v{c.version}" for c in tied)
+            same = (f" (v{choice.version} is v{choice.reexport_of} re-exported: the same scores)"
+                    if choice.reexport_of in {c.version for c in tied} else "")
+            tie = f"; tied with {names}{same}, the latest is taken"
         reasons.append(
             f"{choice.name} v{choice.version} is recommended: the best official DCASE score{unscored}, "
-            f"{choice.official_score:.3f} on its test set{compared}."
+            f"{choice.official_score:.3f} on its test set{compared}{tie}."
         )
     marked = [replace(c, recommended=True) if best.get(c.name) is c else c for c in choices]
     return marked, " ".join(reasons) or None
