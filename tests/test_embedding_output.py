@@ -242,3 +242,29 @@ def test_v5_is_served_and_recommended_where_v4_was():
     # the two newest versions: v5 (the default) and v4 (loaded for a rollback)
     assert "num_versions: 2" in config.read_text()
     assert json.loads((V5 / "assets.extra" / "asd_metadata.json").read_text())["version"] == 5
+
+
+def test_a_new_ensemble_export_serves_one_unit_embedding_of_its_networks(tmp_path):
+    """multispec_scac with n_models 2, trained for one epoch on the subset: the exported
+    ``embedding`` is both networks' normalised embeddings side by side over sqrt(2), a
+    unit vector; ``ClipResult.embedding`` carries it."""
+    from asd.config import load_train_config
+    from asd.serving.inprocess import InProcessBackend
+    from asd.train import train
+
+    from .conftest import CONFIG
+
+    config = load_train_config(CONFIG, [
+        f"data_dir={SUBSET}", f"models_dir={tmp_path / 'models'}", f"runs_dir={tmp_path / 'runs'}", "evaluate=false",
+        "model={n_ffts: [256], fft_branch: false, crop_seconds: 4.0, n_models: 2}", "training.epochs=1",
+    ])
+    result = train(config, log=lambda *_: None)
+    assert EMBEDDING_OUTPUT_NAME in result.metadata.outputs
+    detector = Detector(InProcessBackend(tmp_path / "models"))
+    inputs = _inputs(CLIPS[:3], detector.metadata)
+    served = _outputs(tmp_path / "models" / "toycar" / "1", inputs)[EMBEDDING_OUTPUT_NAME]
+    half = served.shape[1] // 2
+    np.testing.assert_allclose(np.linalg.norm(served, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(served[:, :half], axis=1), 2 ** -0.5, atol=1e-5)
+    scored = detector.score_file(CLIPS[0], display=False)
+    np.testing.assert_allclose(scored.embedding, served[0], atol=1e-6)

@@ -5,8 +5,12 @@ The SavedModel has two signatures:
 - ``serving_default``: the detector's served function (:mod:`asd.detectors`): input
   ``logmel_patches`` float32 ``(batch, n_mels, patch_frames)`` in dB (or ``waveform``
   ``(batch, n_samples)`` for whole-clip detectors); outputs ``patch_error`` ``(batch,)``,
-  ``frame_error`` and, for autoencoders, ``reconstruction``. Any normalisation is part of
-  the graph, so clients send plain log-mel (or samples).
+  ``frame_error`` and, for autoencoders, ``reconstruction``; waveform models also
+  ``unfamiliarity``, and reference-bank models (``multispec_scac``) ``embedding``
+  ``(batch, dim)``, the L2-normalised clip embedding their score is the cosine distance of
+  (a version exported before it gets it with ``asd resave --add-embedding``,
+  :func:`asd.enrolment.add_embedding_output`). Any normalisation is part of the graph, so
+  clients send plain log-mel (or samples).
 - ``metadata``: input ``unused`` float32 ``(n,)``, output ``metadata_json`` string ``(n,)``:
   the same JSON as ``assets.extra/asd_metadata.json`` once per input row, for clients that
   see only the server. Every output has the batch dimension because TF Serving's request
