@@ -421,7 +421,8 @@ def cmd_resave(args) -> int:
             return _fail(str(exc))
         return 0
     if not args.out and not args.in_place:
-        return _fail("say where: --out DIR (a new version directory), --in-place or --add-embedding")
+        return _fail("say where: --out DIR (a new version directory) or --in-place (or --add-embedding: the next "
+                     "version with the embedding output)")
     tf = import_tensorflow()
     from .export import replace_savedmodel, resave_savedmodel
 
