@@ -150,7 +150,8 @@ def cmd_db(args) -> int:
 
 
 HISTORY_COLUMNS = ("machine", "clip_id", "recorded_at", "scored_at", "status", "verdict", "score", "threshold",
-                   "unfamiliarity", "model_name", "model_version", "path", "problem")
+                   "clip_score", "window_score", "baseline_size", "unfamiliarity", "model_name", "model_version", "path",
+                   "problem")
 
 
 def _value(value):

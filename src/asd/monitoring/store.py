@@ -331,7 +331,7 @@ class Store:
         scored with a baseline by this model version, oldest first: a window's others."""
         rows = session.scalars(
             select(Score.clip_score).join(Clip, Score.clip_id == Clip.id)
-            .where(Clip.machine_id == machine.id, Score.baseline_size > 0, Score.model_name == model_name,
+            .where(Clip.machine_id == machine.id, Score.window_score.is_not(None), Score.model_name == model_name,
                    Score.model_version == model_version)
             .order_by(Clip.recorded_at.desc(), Clip.id.desc()).limit(n)).all()
         return list(reversed(rows))

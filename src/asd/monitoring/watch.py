@@ -17,7 +17,8 @@ import random
 import sys
 import threading
 import time
-from collections import Counter, defaultdict
+import itertools
+from collections import Counter, defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -286,11 +287,12 @@ class Monitor:
         if embedding is None or not target:
             return score, False
         rows = self.store.baseline(session, machine, self.model_name, self.model_version)
-        if len(rows) < target:
-            return {**score, "baseline_size": len(rows)}, True
-        threshold, bank, _ = self._machine_threshold(machine, rows)
-        clip_score = float(baselines.clip_scores([result.score], embedding[None, :], bank)[0])
+        if len(rows) < target:  # commissioning: no clip or window score yet
+            return {**score, "clip_score": None, "baseline_size": len(rows)}, True
         others = self.store.recent_clip_scores(session, machine, self.window - 1, self.model_name, self.model_version)
+        # the first windows after commissioning hold fewer clips: judged by the threshold for their size
+        threshold, bank, _ = self._machine_threshold(machine, rows, len(others) + 1)
+        clip_score = float(baselines.clip_scores([result.score], embedding[None, :], bank)[0])
         window = others + [clip_score]
         window_score = float(np.mean(window))
         verdict = ANOMALOUS if window_score > threshold else NORMAL
@@ -299,17 +301,20 @@ class Monitor:
         return {**score, "clip_score": clip_score, "window_score": window_score, "window_size": len(window),
                 "baseline_size": len(rows), "threshold": threshold, "verdict": verdict}, False
 
-    def _machine_threshold(self, machine, rows) -> tuple[float, np.ndarray, np.ndarray]:
-        """``(threshold, baseline embeddings (k, dim), served scores (k,))`` of a machine's
-        baseline rows, fitted once per baseline (cached by its row ids)."""
-        key = (machine.id, tuple(r.id for r in rows), self.window)
+    def _machine_threshold(self, machine, rows, window: int) -> tuple[float, np.ndarray, np.ndarray]:
+        """``(threshold for windows of ``window`` clips, baseline embeddings (k, dim),
+        served scores (k,))`` of a machine's baseline rows, fitted once per baseline
+        (cached by its row ids)."""
+        key = (machine.id, tuple(r.id for r in rows))
         if self._thresholds.get(machine.id, (None,))[0] != key:
             bank = np.stack([embedding_array(r.embedding) for r in rows])
             model_scores = np.array([r.model_score for r in rows])
             loo = baselines.leave_one_out_scores(model_scores, bank)
-            self._thresholds[machine.id] = (key, baselines.fit_threshold(loo, self.window), bank, model_scores)
-        _, threshold, bank, model_scores = self._thresholds[machine.id]
-        return threshold, bank, model_scores
+            self._thresholds[machine.id] = (key, loo, bank, model_scores, {})
+        _, loo, bank, model_scores, per_window = self._thresholds[machine.id]
+        if window not in per_window:
+            per_window[window] = baselines.fit_threshold(loo, window)
+        return per_window[window], bank, model_scores
 
     def _add_to_baseline(self, session, machine, clip, result, by: str) -> None:
         """Take a scored clip into the machine's baseline and keep it in the clip store."""
@@ -407,9 +412,8 @@ class Monitor:
             See :meth:`_score`.
         """
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="asd-monitor") as pool:
-            prepared_iter = pool.map(self._prepare, candidates)
             batch: list[Prepared] = []
-            for prepared in prepared_iter:
+            for prepared in self._read_ahead(pool, candidates):
                 if self.stop.is_set():
                     break
                 if prepared is None:
@@ -430,6 +434,19 @@ class Monitor:
                     batch = []
             if batch and not self.stop.is_set():
                 self._flush(batch, progress)
+
+    def _read_ahead(self, pool, candidates: list[Candidate]):
+        """Each candidate prepared in ``pool``, in order, with at most ``2 * batch_size``
+        decoded ahead (~1 MB a clip), so memory stays flat however many files wait."""
+        pending = deque()
+        todo = iter(candidates)
+        for candidate in itertools.islice(todo, 2 * self.batch_size):
+            pending.append(pool.submit(self._prepare, candidate))
+        while pending:
+            prepared = pending.popleft().result()
+            for candidate in itertools.islice(todo, 1):
+                pending.append(pool.submit(self._prepare, candidate))
+            yield prepared
 
     def _flush(self, batch: list[Prepared], progress) -> None:
         results = self._score(batch)
