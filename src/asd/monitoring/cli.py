@@ -276,13 +276,36 @@ def cmd_baseline(args) -> int:
         store.close()
 
 
+MONITOR_DESCRIPTION = """\
+Score each machine's clips exactly once into the monitoring database and run the alert
+rule. One sub-folder per machine: incoming/press-07/*.wav is machine press-07 (--machine
+ID for a flat folder).
+
+Commissioning and baselines. Each machine sounds a little different, so with a
+reference-bank model (one with an embedding output, such as toycar v5) a machine's first
+--baseline-clips usable clips (default 10) are its healthy baseline: the machine is
+"commissioning (3 of 10)" until then, its clips are kept in the clip store, and no alert
+is raised. Record the baseline across every way the machine runs (speeds, loads).
+`asd baseline` shows, adds to or resets a baseline; a new model version embeds the
+baseline clips again from the clip store.
+
+Windows and threshold. Afterwards a clip's score is its cosine distance to the nearest
+clip of the model's training bank plus the machine's baseline, and the verdict is on the
+window score, the mean of the machine's last --window clip scores (default 5), against
+the machine's own threshold fitted from its baseline alone (no test labels): with s the
+baseline clips' leave-one-out scores, threshold = mean(s) + 1.75 (max(s) - mean(s)) /
+sqrt(window) (asd.monitoring.baselines). The alert rule on window verdicts is the rules
+file's windows: entry (default: an anomalous window raises; 5 normal windows in a row
+clear); with --baseline-clips 0, or a model without an embedding output, each clip is
+judged by the model's threshold and k of the last n clip verdicts raise (default 3 of 5).
+"""
+
+
 def add_commands(sub, add_backend_options) -> None:
     """Register ``monitor``, ``db``, ``history``, ``alerts`` and ``baseline`` on ``sub`` (the main
     parser's subparsers); ``add_backend_options`` adds ``--model``/``--server``/``--name``."""
     p = sub.add_parser("monitor", help="score every clip of every machine once into a database, and raise alerts",
-                       description="Score each machine's clips exactly once into the monitoring database and run the "
-                                   "alert rule. One sub-folder per machine: incoming/press-07/*.wav is machine "
-                                   "press-07 (--machine ID for a flat folder).")
+                       description=MONITOR_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_backend_options(p)
     _db_option(p)
     p.add_argument("folders", nargs="+", metavar="FOLDER", help="folders of machine sub-folders (or one machine's, with --machine)")
