@@ -136,7 +136,7 @@ def test_baseline_curve_command_on_a_handful_of_clips(tmp_path):
 
 def test_committed_report_is_the_full_measurement_with_the_shipped_rule():
     report = json.loads(COMMITTED.read_text())
-    assert report["model"]["version"] == 4 and report["n_test"] == 200
+    assert report["model"]["version"] == 5 and report["n_test"] == 200  # v5: v4 with its embedding served
     assert report["ks"] == [0, 3, 5, 8] and report["windows"] == [1, 5] and report["draws"] == 10
     assert report["default_rule"] == f"{DEFAULT_RULE}:{RULE_LEVELS[DEFAULT_RULE]:g}"
     assert len(report["rows"]) == 16 and all(ROW_KEYS <= set(r) for r in report["rows"])
