@@ -86,6 +86,12 @@ def test_evaluate_prints_and_writes_the_metrics(trained_model, tmp_path):
         assert metrics[key] == pytest.approx(result.metadata.evaluation[key])
         assert f"{metrics[key]:.4f}" in run.stdout
     assert "official score" in run.stdout
+    for domain in ("source", "target"):  # every domain's recall and false-alarm rate, in JSON and the table
+        figures = metrics["per_domain"][domain]
+        assert {"recall", "false_alarm_rate", "n_normal_flagged", "n_anomaly_flagged"} <= set(figures)
+        assert (f"{domain} domain: false-alarm rate {figures['false_alarm_rate']:.4f} "
+                f"({figures['n_normal_flagged']} of {figures['n_normal']} normal flagged)  "
+                f"recall {figures['recall']:.4f}") in run.stdout
     assert "fewer than 20 normal or anomalous clips per domain (section 00 source: 2 normal, 2 anomalous" in run.stderr
 
 
@@ -138,7 +144,16 @@ def test_evaluate_json_counts_the_verdicts(waveform_model, tmp_path):
         metrics["verdicts"][v] for v in ("anomalous", "unfamiliar"))
     per_domain = metrics["sections"]["00"]["per_domain"]
     assert sum(d["n_unfamiliar"] for d in per_domain.values()) == metrics["verdicts"]["unfamiliar"]
+    assert sum(d["n_unfamiliar"] for d in metrics["per_domain"].values()) == metrics["verdicts"]["unfamiliar"]
     assert "verdicts: " in run.stdout
+
+
+def test_python_dash_m_asd_is_the_asd_command():
+    run = subprocess.run([sys.executable, "-m", "asd", "--version"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("asd ")
+    usage = subprocess.run([sys.executable, "-m", "asd", "evaluate", "--help"], capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 0 and "usage: asd evaluate" in usage.stdout
 
 
 def test_a_file_that_is_not_audio_is_answered_before_tensorflow_loads():

@@ -117,6 +117,26 @@ def test_official_score_is_harmonic_mean_over_sections():
     assert metrics["official_score"] == pytest.approx(stats.hmean(terms))
 
 
+def test_every_domain_has_recall_and_false_alarm_rate_over_all_sections():
+    """Top-level ``per_domain``: each domain's rates at the threshold over every section's
+    clips (the acceptance of issue 30: recall and false_alarm_rate for every domain)."""
+    labels = ["normal", "anomaly", "normal", "anomaly"] * 2
+    domains = ["source", "source", "target", "target"] * 2
+    # flagged (> 0.5): section 0 source anomaly, target normal; section 1 source normal, both anomalies
+    scores = np.array([0.1, 0.9, 0.7, 0.2, 0.6, 0.8, 0.3, 0.9])
+    clips = _clips(domains[:4], labels[:4], section=0) + _clips(domains[4:], labels[4:], section=1)
+    metrics = evaluate_scores(clips, scores, threshold=0.5)
+    per_domain = metrics["per_domain"]
+    assert set(per_domain) == {"source", "target"}
+    assert per_domain["source"]["false_alarm_rate"] == 0.5 and per_domain["source"]["recall"] == 1.0
+    assert per_domain["target"]["false_alarm_rate"] == 0.5 and per_domain["target"]["recall"] == 0.5
+    assert (per_domain["source"]["n_normal_flagged"], per_domain["source"]["n_normal"]) == (1, 2)
+    assert (per_domain["target"]["n_anomaly_flagged"], per_domain["target"]["n_anomaly"]) == (1, 2)
+    for domain in ("source", "target"):  # the sections' counts add up to it
+        for key in ("n_normal", "n_anomaly", "n_normal_flagged", "n_anomaly_flagged"):
+            assert per_domain[domain][key] == sum(metrics["sections"][s]["per_domain"][domain][key] for s in ("00", "01"))
+
+
 def test_metrics_need_labels_and_both_classes():
     with pytest.raises(ValueError, match="both normal and anomalous"):
         evaluate_scores(_clips(["source"] * 2, ["normal"] * 2), [0.1, 0.2], 0.5)

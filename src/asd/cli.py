@@ -115,14 +115,23 @@ def _format_metrics(metrics: dict) -> str:
     ]
     if "verdicts" in metrics:
         lines.append("  verdicts: " + ", ".join(f"{n} {v}" for v, n in metrics["verdicts"].items()))
-    for section, values in metrics["sections"].items():
-        for domain, prf in values["per_domain"].items():
-            lines.append(
-                f"  section {section} {domain}: false-alarm rate {fmt(prf['false_alarm_rate'])} "
+
+    def domain_line(where: str, prf: dict) -> str:
+        return (f"  {where}: false-alarm rate {fmt(prf['false_alarm_rate'])} "
                 f"({prf['n_normal_flagged']} of {prf['n_normal']} normal flagged)  recall {fmt(prf['recall'])} "
                 f"({prf['n_anomaly_flagged']} of {prf['n_anomaly']} anomalous flagged)  precision {fmt(prf['precision'])}  "
-                f"F1 {fmt(prf['f1'])}" + (f"  unfamiliar {prf['n_unfamiliar']}" if "n_unfamiliar" in prf else "")
-            )
+                f"F1 {fmt(prf['f1'])}" + (f"  unfamiliar {prf['n_unfamiliar']}" if "n_unfamiliar" in prf else ""))
+
+    # per domain over all sections (JSON: per_domain), then per section when there are several
+    # (JSON: sections.<id>.per_domain); older metrics (stored evaluations) may lack the first
+    overall = metrics.get("per_domain")
+    sections = metrics["sections"]
+    if overall:
+        lines += [domain_line(f"{domain} domain" if len(sections) == 1 else f"{domain} domain, all sections", prf)
+                  for domain, prf in overall.items()]
+    if not overall or len(sections) > 1:
+        lines += [domain_line(f"section {section} {domain}", prf)
+                  for section, values in sections.items() for domain, prf in values["per_domain"].items()]
     return "\n".join(lines)
 
 

@@ -33,7 +33,9 @@ def evaluate_directory(
     metrics : dict
         :func:`asd.metrics.evaluate_scores` output, plus ``data_dir``, ``model``,
         ``verdicts`` (clips per verdict: normal, anomalous, unfamiliar) and, per domain
-        under ``sections.<id>.per_domain.<domain>``, ``n_unfamiliar``. AUCs and the rates
+        under ``per_domain.<domain>`` (all sections) and
+        ``sections.<id>.per_domain.<domain>``, ``n_unfamiliar`` beside ``recall`` and
+        ``false_alarm_rate``. AUCs and the rates
         at the threshold use the anomaly score of every clip, unfamiliar ones included
         (DCASE's metrics know no third verdict).
     rows : list of (ClipInfo, float, str)
@@ -56,6 +58,8 @@ def evaluate_directory(
         for domain, figures in values["per_domain"].items():
             figures["n_unfamiliar"] = sum(v == UNFAMILIAR and f"{c.section:02d}" == section and c.domain == domain
                                           for c, v in zip(clips, verdicts))
+    for domain, figures in metrics["per_domain"].items():
+        figures["n_unfamiliar"] = sum(v == UNFAMILIAR and c.domain == domain for c, v in zip(clips, verdicts))
     meta = detector.metadata
     metrics = {"model": {"name": meta.name, "version": meta.version}, "data_dir": str(data_dir),
                **metrics, "verdicts": {v: verdicts.count(v) for v in VERDICTS}}

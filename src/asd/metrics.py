@@ -11,8 +11,8 @@ task 2", arXiv 2305.07828:
 - official score: harmonic mean of every section's AUC-source, AUC-target and pAUC.
 
 Precision, recall and F1 at the decision threshold are given per domain (that domain's
-normals and anomalies) and over all clips, anomalies being the positive class; per domain
-also the false-alarm rate, the share of its normal clips flagged (normal clips flagged /
+normals and anomalies, in each section and over all sections) and over all clips,
+anomalies being the positive class; per domain also the false-alarm rate, the share of its normal clips flagged (normal clips flagged /
 normal clips), and the counts of flagged normal and anomalous clips.
 """
 
@@ -84,12 +84,21 @@ def section_metrics(
     result["pauc"] = float(roc_auc_score(labels, scores, max_fpr=MAX_FPR))
     flagged = scores > threshold
     result.update(_prf(labels, flagged))
-    result["per_domain"] = {}
+    result["per_domain"] = domain_rates(labels, domains, flagged)
+    return result
+
+
+def domain_rates(labels: np.ndarray, domains: np.ndarray, flagged: np.ndarray) -> dict:
+    """Per domain present (``source``, ``target``): precision, recall, F1, the
+    false-alarm rate (None without normal clips; recall is 0 without anomalies) and the
+    counts ``n_normal``, ``n_anomaly``, ``n_normal_flagged``, ``n_anomaly_flagged``."""
+    labels, domains, flagged = np.asarray(labels, dtype=bool), np.asarray(domains), np.asarray(flagged, dtype=bool)
+    rates = {}
     for domain in ("source", "target"):
         mask = domains == domain
         if mask.any():
             normal = mask & ~labels
-            result["per_domain"][domain] = {
+            rates[domain] = {
                 **_prf(labels[mask], flagged[mask]),
                 # what a user meets most: healthy recordings called anomalous
                 "false_alarm_rate": float(flagged[normal].mean()) if normal.any() else None,
@@ -98,7 +107,7 @@ def section_metrics(
                 "n_normal_flagged": int(flagged[normal].sum()),
                 "n_anomaly_flagged": int(flagged[mask & labels].sum()),
             }
-    return result
+    return rates
 
 
 def evaluate_scores(clips: Sequence[ClipInfo], scores: Sequence[float], threshold: float) -> dict:
@@ -119,7 +128,10 @@ def evaluate_scores(clips: Sequence[ClipInfo], scores: Sequence[float], threshol
         Top-level ``auc_source``, ``auc_target``, ``pauc`` (each the harmonic mean over
         sections), ``official_score`` (harmonic mean of all sections' AUC-source,
         AUC-target and pAUC), ``precision``/``recall``/``f1`` over all clips at the
-        threshold, and ``sections`` with each section's metrics.
+        threshold, ``per_domain`` with each domain's rates at the threshold over all
+        sections (:func:`domain_rates`: ``recall``, ``false_alarm_rate``, precision, F1
+        and counts), and ``sections`` with each section's metrics (the same
+        ``per_domain`` figures per section).
 
     Raises
     ------
@@ -157,6 +169,7 @@ def evaluate_scores(clips: Sequence[ClipInfo], scores: Sequence[float], threshol
         "n_clips": int(len(clips)),
         "n_flagged": int(flagged.sum()),
         "max_fpr": MAX_FPR,
+        "per_domain": domain_rates(labels, domains, flagged),
         "sections": per_section,
     }
 
