@@ -140,3 +140,42 @@ def test_metadata_with_an_unknown_model_input_is_refused(trained_model):
     values["signature"]["input"] = "mfcc"
     with pytest.raises(ModelMismatchError, match="model input 'mfcc'"):
         ModelMetadata.from_dict(values)
+
+
+def _adacos_scale_reference(embedding, centres, lined_up_labels, scale):
+    """The dynamic AdaCos scale update in numpy, with the labels already lined up with the
+    centres ``(n, n_classes * n_subclusters)``."""
+    e = embedding / np.linalg.norm(embedding, axis=1, keepdims=True)
+    c = centres / np.linalg.norm(centres, axis=0, keepdims=True)
+    cosine = e @ c
+    logits = scale * cosine
+    top = logits.max()
+    b_avg = np.mean(np.sum(np.exp(logits - top), axis=1))
+    theta = np.arccos(np.clip(cosine, -1 + 1e-7, 1 - 1e-7))
+    theta_class = np.sum(lined_up_labels * theta, axis=1)
+    median = np.sort(theta_class)[len(theta_class) // 2]
+    return (top + np.log(b_avg)) / (np.cos(min(np.pi / 4, median)) + 1e-7)
+
+
+def test_subcluster_adacos_scale_reads_centres_class_major():
+    """A tiny head (2 classes x 2 sub-clusters in 2-D): each clip lies on its own class's
+    first centre, so the angle to its class's centres is small; the old tf.tile lined the
+    labels up with the other class's first centre and gave another scale."""
+    import tensorflow as tf
+
+    from asd.detectors.multispec import SubClusterAdaCosHead
+
+    centres = np.array([[1.0, 0.9, 0.0, 0.1], [0.0, 0.1, 1.0, 0.9]], np.float32)  # class 0 near x, class 1 near y
+    embedding = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]], np.float32)
+    labels = np.array([[1, 0], [0, 1], [0, 1]], np.float32)
+    head = SubClusterAdaCosHead(2, 2)
+    head(tf.zeros((1, 2)))
+    head.centres.assign(centres)
+    start = float(head.scale.numpy())
+    p = head(tf.constant(embedding), tf.constant(labels), training=True).numpy()
+    # class-major, as the probabilities are reshaped: centre index class * 2 + sub-cluster
+    expected = _adacos_scale_reference(embedding, centres, np.repeat(labels, 2, axis=1), start)
+    assert float(head.scale.numpy()) == pytest.approx(expected, rel=1e-5)
+    tiled = _adacos_scale_reference(embedding, centres, np.tile(labels, (1, 2)), start)
+    assert abs(expected - tiled) > 0.1  # the defect would have given a clearly other scale
+    assert p.shape == (3, 2) and np.all(p.argmax(axis=1) == labels.argmax(axis=1))

@@ -29,6 +29,14 @@ combine STFT and whole-clip FFT branches trained with sub-cluster AdaCos (Wilkin
   ``target_oversampling`` times, AdamW; optional random crops of ``crop_seconds``
   (embeddings of the whole clip are taken at the end: the max over time accepts any
   length).
+- Optional, this project's additions for issue 22: a pretrained encoder as one more
+  branch (``encoder``: :mod:`asd.encoders`, frozen or fine-tuned at a scaled learning
+  rate, fed 16 kHz mel bands or resampled to its own 44.1 kHz settings); feature exchange
+  (``featex``; Wilkinghoff, "Self-Supervised Learning for Anomalous Sound Detection",
+  ICASSP 2024, arXiv 2312.09578): a second sub-cluster AdaCos head classifies embeddings
+  whose FFT-branch part was swapped with another clip's (:func:`featex_batch`); and
+  ``labels: none``, which trains on FeatEx's self-supervised classes alone, so a folder of
+  plain normal WAVs with no attributes trains a model.
 - Scoring: a cosine reference-bank backend of :mod:`asd.detectors.backends` on the
   concatenated embedding; with ``n_models`` > 1 the mean over an ensemble of seeds.
 
@@ -110,23 +118,74 @@ class SubClusterAdaCosHead(layers.Layer):
             top = tf.reduce_max(logits)
             b_avg = tf.reduce_mean(tf.reduce_sum(tf.exp(logits - top), axis=1))
             theta = tf.acos(tf.clip_by_value(tf.stop_gradient(cosine), -1 + 1e-7, 1 - 1e-7))
-            theta_class = tf.reduce_sum(tf.tile(labels, [1, self.n_subclusters]) * theta, axis=1)
+            # centre index class * n_subclusters + sub-cluster, as the reshape below reads it
+            theta_class = tf.reduce_sum(tf.repeat(labels, self.n_subclusters, axis=1) * theta, axis=1)
             median = tf.sort(theta_class)[tf.shape(theta_class)[0] // 2]
             self.scale.assign((top + tf.math.log(b_avg)) / (tf.cos(tf.minimum(np.pi / 4, median)) + 1e-7))
         p = tf.nn.softmax(self.scale * cosine, axis=-1)
         return tf.reduce_sum(tf.reshape(p, (-1, self.n_classes, self.n_subclusters)), axis=-1)
 
 
-def _train_step(embedder: keras.Model, head: SubClusterAdaCosHead, optimizer):
-    """One optimisation step on a batch ``(waveforms, soft labels)``; returns the loss
-    (cross-entropy of the sub-cluster AdaCos class probabilities)."""
+def featex_batch(parts: tuple[tf.Tensor, tf.Tensor], labels: tf.Tensor, exchange: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Feature exchange (FeatEx; Wilkinghoff, "Self-Supervised Learning for Anomalous
+    Sound Detection", ICASSP 2024, arXiv 2312.09578, code wilkinghoff/ssl4asd): the
+    embedding of one group of branches is swapped with that of the batch's mirror image
+    (row ``i`` takes row ``n - 1 - i``'s) in the rows where ``exchange`` is 1, and every
+    row gets one of ``3 * n_classes`` classes: ``[y, 0, 0]`` as it is, ``[0, y_a / 2,
+    y_b / 2]`` exchanged (``y_a`` the class of the clip the first group came from, ``y_b``
+    that of the second group's).
+
+    Parameters
+    ----------
+    parts : (tf.Tensor, tf.Tensor) [shape=(batch, dim_a), (batch, dim_b)]
+        The two groups' embeddings (here: the STFT and encoder branches, the FFT branch).
+    labels : tf.Tensor [shape=(batch, n_classes)]
+        Soft class labels (after mixup).
+    exchange : tf.Tensor [shape=(batch,)]
+        1.0 where the second group is exchanged, 0.0 elsewhere.
+
+    Returns
+    -------
+    embedding : tf.Tensor [shape=(batch, dim_a + dim_b)]
+    labels : tf.Tensor [shape=(batch, 3 * n_classes)]
+    """
+    first, second = parts
+    swapped = tf.reverse(second, axis=[0])
+    gate = exchange[:, None]
+    embedding = tf.concat([first, gate * swapped + (1.0 - gate) * second], axis=1)
+    zeros = tf.zeros_like(labels)
+    kept = tf.concat([labels, zeros, zeros], axis=1)
+    exchanged = tf.concat([zeros, 0.5 * labels, 0.5 * tf.reverse(labels, axis=[0])], axis=1)
+    return embedding, gate * exchanged + (1.0 - gate) * kept
+
+
+def _train_step(embedder: keras.Model, head: SubClusterAdaCosHead, optimizers: list, featex_head: SubClusterAdaCosHead | None = None,
+                split: int = 0, featex_weight: float = 1.0, slow_variables: tuple = ()):
+    """One optimisation step on a batch ``(waveforms, soft labels, exchange mask)``;
+    returns the loss: the cross-entropy of the sub-cluster AdaCos class probabilities,
+    plus ``featex_weight`` times that of the FeatEx head on exchanged embeddings
+    (:func:`featex_batch`; the embedding's first ``split`` columns are the first group)
+    when ``featex_head`` is given. ``optimizers[0]`` updates every variable but
+    ``slow_variables`` (a pretrained encoder's), which ``optimizers[1]`` updates."""
     variables = embedder.trainable_variables + head.trainable_variables
+    if featex_head is not None:
+        variables += featex_head.trainable_variables
+    slow_ids = {id(v) for v in slow_variables}
+    fast = [v for v in variables if id(v) not in slow_ids]
+    slow = [v for v in variables if id(v) in slow_ids]
 
     @tf.function(reduce_retracing=True)
-    def step(xb, yb):
+    def step(xb, yb, exchange):
         with tf.GradientTape() as tape:
-            loss = _cross_entropy(yb, head(embedder(xb, training=True), yb, training=True))
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            embedding = embedder(xb, training=True)
+            loss = _cross_entropy(yb, head(embedding, yb, training=True))
+            if featex_head is not None:
+                mixed, y_ssl = featex_batch((embedding[:, :split], embedding[:, split:]), yb, exchange)
+                loss += featex_weight * _cross_entropy(y_ssl, featex_head(mixed, y_ssl, training=True))
+        gradients = tape.gradient(loss, fast + slow)
+        optimizers[0].apply_gradients(zip(gradients[: len(fast)], fast))
+        if slow:
+            optimizers[1].apply_gradients(zip(gradients[len(fast):], slow))
         return loss
 
     return step
@@ -162,6 +221,33 @@ class MultiSpecAdaCosDetector(ServableDetector):
         smote_neighbours: int = Field(default=2, gt=0)
         kmeans_centres: int = Field(default=16, gt=0)
         rescale_k: int = Field(default=4, gt=0)
+        labels: Literal["attributes", "none"] = Field(
+            default="attributes", description="classes of the auxiliary task: the clips' attribute strings (the domain "
+            "where a clip has none), or none at all: self-supervised classes only (needs featex)")
+        featex: bool = Field(default=False, description="feature exchange (FeatEx, Wilkinghoff ICASSP 2024): also "
+                             "classify embeddings whose FFT-branch part comes from another clip")
+        featex_probability: float = Field(default=0.5, ge=0, le=1, description="share of a batch's rows exchanged")
+        featex_weight: float = Field(default=1.0, ge=0, description="weight of the FeatEx loss")
+        encoder: Literal["aisfx", "musicnn_vgg"] | None = Field(
+            default=None, description="a pretrained encoder as one more branch (asd.encoders; its weights converted "
+            "once with development/convert_encoders.py)")
+        encoder_input: Literal["original", "adapted"] = Field(
+            default="adapted", description="aisfx: resampled to its 44.1 kHz settings (original) or 96 mel bands over "
+            "0-8000 Hz at 16 kHz (adapted)")
+        encoder_trainable: bool = Field(default=True, description="fine-tune the encoder (false: frozen)")
+        encoder_projection: bool = Field(default=True, description="batch norm and a dense embedding_dim projection "
+                                         "after the encoder (false: its own embedding, as it is)")
+        encoder_learning_rate_scale: float = Field(default=0.1, gt=0, description="the encoder's learning rate as a "
+                                                   "share of training.learning_rate (pretrained weights move slowly)")
+
+        @model_validator(mode="after")
+        def _featex_needs_two_groups(self):
+            if self.featex and not (self.fft_branch and (self.n_ffts or self.encoder)):
+                raise ValueError("featex exchanges the FFT branch's embedding with the other branches': it needs "
+                                 "fft_branch and at least one n_fft or an encoder")
+            if self.labels == "none" and not self.featex:
+                raise ValueError("labels: none leaves no class to learn but FeatEx's: set featex: true")
+            return self
 
         @model_validator(mode="after")
         def _crop_needs_no_fft_branch(self):
@@ -228,18 +314,38 @@ class MultiSpecAdaCosDetector(ServableDetector):
         x = layers.ReLU()(x)
         return layers.Dense(self.params.embedding_dim, use_bias=False, name="embedding_fft")(x)
 
+    def _encoder_branch(self, waveform):
+        from ..encoders.branch import EncoderBranch
+
+        p = self.params
+        x = EncoderBranch(p.encoder, self.features.sample_rate, p.encoder_input, trainable=p.encoder_trainable,
+                          name=f"encoder_{p.encoder}")(waveform)
+        if not p.encoder_projection:
+            return x
+        x = layers.BatchNormalization()(x)
+        return layers.Dense(p.embedding_dim, use_bias=False, name=f"embedding_{p.encoder}")(x)
+
     def build_embedder(self, n_samples: int) -> keras.Model:
         """The embedding network for waveforms of ``n_samples``: ``(batch, n_samples)`` ->
-        ``(batch, embedding_dim * n_branches)``."""
-        if not self.params.n_ffts and not self.params.fft_branch:
-            raise ValueError("multispec_scac needs at least one branch (n_ffts or fft_branch)")
+        ``(batch, dim)``, the branches' embeddings side by side: the STFT branches', the
+        encoder's, then the FFT branch's (FeatEx exchanges that last part)."""
+        if not self.params.n_ffts and not self.params.fft_branch and not self.params.encoder:
+            raise ValueError("multispec_scac needs at least one branch (n_ffts, fft_branch or encoder)")
         waveform = keras.Input((n_samples,), name=WAVEFORM_INPUT_NAME)
         x = layers.Lambda(unit_rms, name="unit_rms")(waveform) if self.params.gain_normalise else waveform
         parts = [self._stft_branch(x, n) for n in self.params.n_ffts]
+        if self.params.encoder:
+            parts.append(self._encoder_branch(x))
         if self.params.fft_branch:
             parts.append(self._fft_branch(x, n_samples))
         embedding = layers.Concatenate(name="embedding")(parts) if len(parts) > 1 else parts[0]
         return keras.Model(waveform, embedding, name="multispec_embedder")
+
+    def _encoder_variables(self, embedder: keras.Model) -> tuple:
+        """The pretrained encoder's trainable variables (updated at the scaled learning rate)."""
+        if not self.params.encoder:
+            return ()
+        return tuple(embedder.get_layer(f"encoder_{self.params.encoder}").trainable_variables)
 
     # --- training -----------------------------------------------------------------------
     def _network_key(self, train: ClipSet) -> tuple:
@@ -260,7 +366,9 @@ class MultiSpecAdaCosDetector(ServableDetector):
                          "networks_reused": True, "seconds": round(time.monotonic() - started, 1)}
             return self
         waves = self.waveforms(train)
-        names = [a or d for a, d in zip(train.attributes, train.domains)]
+        # attribute-free: one class, so only FeatEx's self-supervised classes teach anything
+        names = ([a or d for a, d in zip(train.attributes, train.domains)] if self.params.labels == "attributes"
+                 else ["normal"] * len(train))
         classes = sorted(set(names))
         y = np.eye(len(classes), dtype=np.float32)[[classes.index(n) for n in names]]
         target = np.flatnonzero(train.domains == "target")
@@ -280,11 +388,21 @@ class MultiSpecAdaCosDetector(ServableDetector):
             rng = np.random.default_rng(seed)
             embedder = self.build_embedder(crop)
             head = SubClusterAdaCosHead(len(classes), self.params.n_subclusters)
-            optimizer = keras.optimizers.AdamW(self.training.learning_rate, weight_decay=self.params.weight_decay)
-            head(embedder(tf.zeros((2, crop))), tf.zeros((2, len(classes))))
-            step = _train_step(embedder, head, optimizer)
+            lr, decay = self.training.learning_rate, self.params.weight_decay
+            optimizers = [keras.optimizers.AdamW(lr, weight_decay=decay),
+                          keras.optimizers.AdamW(lr * self.params.encoder_learning_rate_scale, weight_decay=decay)]
+            probe = embedder(tf.zeros((2, crop)))
+            head(probe, tf.zeros((2, len(classes))))
+            featex_head = None
+            if self.params.featex:
+                featex_head = SubClusterAdaCosHead(3 * len(classes), self.params.n_subclusters, name="featex_head")
+                featex_head(probe, tf.zeros((2, 3 * len(classes))))
+            split = probe.shape[-1] - self.params.embedding_dim  # the FFT branch comes last
+            step = _train_step(embedder, head, optimizers, featex_head, split, self.params.featex_weight,
+                               self._encoder_variables(embedder))
+            epochs = self.training.epochs if embedder.trainable_variables else 0  # a frozen encoder alone: nothing to fit
 
-            for epoch in range(self.training.epochs):
+            for epoch in range(epochs):
                 t0 = time.monotonic()
                 order = rng.permutation(index)
                 losses = []
@@ -296,7 +414,10 @@ class MultiSpecAdaCosDetector(ServableDetector):
                     else:
                         xb = waves[i]
                     xb, yb = mixup(xb, y[i], rng, self.params.mixup_probability)
-                    losses.append(float(step(tf.constant(xb), tf.constant(yb))))
+                    # drawn only with FeatEx, so that configs without it keep their random stream
+                    exchange = ((rng.uniform(size=len(i)) < self.params.featex_probability).astype(np.float32)
+                                if self.params.featex else np.zeros(len(i), np.float32))
+                    losses.append(float(step(tf.constant(xb), tf.constant(yb), tf.constant(exchange))))
                 epoch_seconds.append(round(time.monotonic() - t0, 2))
                 board.epoch(m, epoch, losses, self.training.learning_rate)
                 if log:
