@@ -13,7 +13,7 @@ from asd.config import load_train_config
 from asd.data import list_clips
 from asd.detectors import DETECTORS, detector_class
 
-from .conftest import CONFIG, SUBSET
+from .conftest import CONFIG, REPO, SUBSET
 
 QUICK = [
     "detectors.conv_ae.training.epochs=1",
@@ -110,3 +110,18 @@ def test_servable_detectors_export_what_they_score(kind, model, tmp_path):
     assert served.keys() == before_export.keys() and len(set(np.round(list(served.values()), 6))) > 1
     for name, score in served.items():
         assert score == pytest.approx(before_export[name], rel=1e-4, abs=1e-6)
+
+
+def test_benchmark_prints_a_line_per_epoch_while_a_row_trains(tmp_path):
+    """As asd train does: each epoch's line, prefixed by the row and seed, before the row's figures."""
+    from asd.measure.benchmark import load_benchmark_config, run_benchmark
+
+    config = load_benchmark_config(REPO / "development" / "configs" / "benchmark.yaml",
+                                   ["detectors.conv_ae.training.epochs=2", "seeds=[7]"])
+    lines = []
+    run_benchmark(SUBSET, config, ["conv_ae"], tmp_path, log=lines.append)
+    epochs = [line for line in lines if line.startswith("[conv_ae] seed 7: epoch ")]
+    assert [line.split(":")[1].strip() for line in epochs] == ["epoch 1/2", "epoch 2/2"], lines
+    assert all("loss " in line and line.endswith(" s") for line in epochs)
+    figures = next(i for i, line in enumerate(lines) if line.startswith("[conv_ae] seed 7: official "))
+    assert lines.index(epochs[-1]) < figures

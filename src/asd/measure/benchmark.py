@@ -113,6 +113,10 @@ def run_benchmark(
         A machine-type folder with ``train/`` (normal clips) and labelled ``test/``.
     max_train_clips : int, optional
         Use this many training clips (stratified by domain), for quick runs.
+    log : callable or None
+        Where progress lines go (``print``): the data, each row's fit, one line per epoch
+        while a neural row trains (as ``asd train`` prints them, prefixed
+        ``[<entry>] seed <seed>: ``) and its figures; None for none.
 
     Returns
     -------
@@ -144,6 +148,8 @@ def run_benchmark(
     feature_s = (time.monotonic() - started) / (len(train) + len(test))
     labels, domains = test.labels, test.domains
     half_a = held_apart_halves(labels, domains, config.held_apart_seed)
+    fit_log = log  # None: the detectors build no lines
+    log = log or (lambda line: None)
     log(f"{len(train)} training clips, {len(test)} test clips; log-mel {1000 * feature_s:.1f} ms per clip")
 
     results: dict[str, dict] = {}
@@ -157,7 +163,8 @@ def run_benchmark(
             detector = make_detector(entry.kind, features, entry.model, entry.training, seed)
             log(f"[{name}] seed {seed}: fitting ...")
             t0 = time.monotonic()
-            detector.fit(train, log=None)
+            # one line per epoch (or before and after a classical fit), as asd train prints them
+            detector.fit(train, log=_row_log(fit_log, f"[{name}] seed {seed}: "))
             fit_s = time.monotonic() - t0
             t0 = time.monotonic()
             scores = np.asarray(detector.score(test), float)
@@ -221,6 +228,13 @@ def run_benchmark(
         for i, clip in enumerate(test.clips):
             writer.writerow([clip.path.name, clip.domain, clip.label, "A" if half_a[i] else "B", *(f"{s[i]:.6f}" for s in first_scores.values())])
     return report
+
+
+def _row_log(log, prefix: str):
+    """``log`` with each line prefixed by its row and seed (None when ``log`` is None)."""
+    if log is None:
+        return None
+    return lambda line: log(prefix + line)
 
 
 def _base_threshold(train_scores: np.ndarray, quantile: float) -> float:
