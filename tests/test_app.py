@@ -154,6 +154,44 @@ def test_sample_clips_can_be_picked_without_uploading(app):
     assert len(_verdicts(at)) == 1
 
 
+def test_samples_follow_the_stated_rule_and_the_sidebar_says_what_the_threshold_did(app):
+    """Samples: the lowest file number per domain and label (the target anomaly 0050 in
+    production/samples is not offered), the rule on the page; the sidebar's sentence per
+    domain from the served version's stored evaluation (v5 carries v4's: said so)."""
+    from asd.data import parse_clip_name
+    from asd.metadata import ModelMetadata
+
+    at = app(ASD_MODEL_DIR=SHIPPED_MODELS)
+    at.radio(key="source").set_value("Sample clips").run()
+    options = at.multiselect(key="samples").options
+    keys = [(c.section, c.domain, c.label) for c in map(parse_clip_name, options) if "car_" in c.path.name]
+    assert len(keys) == len(set(keys)) == 4 and all(name.split("_")[5] == "0001" for name in options if "car_" in name)
+    assert "lowest-numbered clip of each domain and label" in _texts(at.caption)
+    meta = ModelMetadata.read(max((SHIPPED_MODELS / "toycar").iterdir(), key=lambda p: int(p.name)))
+    sidebar = _texts(at.sidebar.markdown)
+    assert "What the threshold means on known data" in sidebar
+    for domain, d in meta.evaluation["sections"]["00"]["per_domain"].items():
+        sentence = (f"{domain} domain: on the ToyCar test set it caught {d['n_anomaly_flagged']} of {d['n_anomaly']} "
+                    f"faults and flagged {d['n_normal_flagged']} of {d['n_normal']} healthy clips")
+        assert sentence in sidebar
+    if meta.reexport:
+        assert f"(measured on v{meta.reexport['base_version']})" in sidebar
+
+
+def test_a_version_without_a_stored_evaluation_says_so(app, tmp_path):
+    from asd.metadata import METADATA_FILE
+
+    models = tmp_path / "models"
+    shutil.copytree(SHIPPED_MODELS / "toycar" / "4", models / "toycar" / "4")
+    meta_path = models / "toycar" / "4" / METADATA_FILE
+    values = json.loads(meta_path.read_text())
+    values["evaluation"] = None
+    meta_path.write_text(json.dumps(values))
+    at = app(ASD_MODEL_DIR=models)
+    assert not at.exception
+    assert "No evaluation on labelled clips is stored with this version" in _texts(at.sidebar.markdown)
+
+
 def test_a_multichannel_file_gets_a_channel_selector(app):
     """An 8-channel WAVE_FORMAT_EXTENSIBLE file of 8 real clips: averaged by default (noted);
     picking channel 3 scores that clip alone."""

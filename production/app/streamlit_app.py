@@ -150,6 +150,7 @@ def show_model(detector: Detector) -> None:
                 f"AUC-target {figures['auc_target']:.3f}, pAUC {figures['pauc']:.3f}, "
                 f"official score {figures['official_score']:.3f}"
             )
+        st.markdown("**What the threshold means on known data**  \n" + "  \n".join(threshold_in_words(meta)))
         features = meta.features
         st.caption(
             f"log-mel: {features.sample_rate} Hz, n_fft {features.n_fft}, hop {features.hop_length}, "
@@ -168,6 +169,62 @@ def quality_in_words(evaluation: dict) -> str | None:
     caught, alarms = sum(d["n_anomaly_flagged"] for d in domains), sum(d["n_normal_flagged"] for d in domains)
     return (f"On its {anomalies + normals} test recordings it caught **{100 * caught / anomalies:.0f} of 100** faulty "
             f"machines and raised **{100 * alarms / normals:.0f} false alarms per 100** healthy ones.")
+
+
+def _domain_counts(evaluation: dict) -> dict[str, dict]:
+    """Each domain's counts at the threshold from a stored evaluation: its ``per_domain``
+    (over all sections), else the sections' ``per_domain`` added up. Evaluations stored
+    before the counts were (toycar v1) give ``n_anomaly_flagged`` from recall and
+    ``n_normal_flagged`` from precision (None where precision cannot give it: nothing
+    caught)."""
+    found: dict[str, dict] = {}
+    sources = [evaluation["per_domain"]] if evaluation.get("per_domain") else [
+        section.get("per_domain", {}) for section in evaluation.get("sections", {}).values()]
+    for per_domain in sources:
+        for domain, d in per_domain.items():
+            caught = d.get("n_anomaly_flagged", round(d.get("recall", 0.0) * d.get("n_anomaly", 0)))
+            alarms = d.get("n_normal_flagged")
+            if alarms is None and d.get("precision"):
+                alarms = round(caught / d["precision"]) - caught
+            total = found.setdefault(domain, {"n_anomaly": 0, "n_normal": 0, "caught": 0, "alarms": 0})
+            total["n_anomaly"] += d.get("n_anomaly", 0)
+            total["n_normal"] += d.get("n_normal", 0)
+            total["caught"] += caught
+            total["alarms"] = None if alarms is None or total["alarms"] is None else total["alarms"] + alarms
+    return found
+
+
+def threshold_in_words(meta: ModelMetadata) -> list[str]:
+    """What the decision threshold did on labelled clips, one sentence per domain, from
+    the version's stored evaluation (``asd train`` stores :func:`asd.evaluation.evaluate_directory`'s
+    figures in the metadata), e.g. "source domain: on the ToyCar test set it caught 3 of
+    50 faults and flagged 2 of 50 healthy clips". A version re-exported or enrolled from
+    another carries its base's evaluation: the sentences say "measured on v4" (and, where
+    the threshold has changed since, the threshold it was measured at). Without a stored
+    evaluation, one sentence says so."""
+    evaluation = meta.evaluation
+    counts = _domain_counts(evaluation) if evaluation else {}
+    if not counts:
+        return ["No evaluation on labelled clips is stored with this version, so what its threshold does on known "
+                "data is not known (asd evaluate measures it on a labelled test set)."]
+    data = Path(str(evaluation.get("data_dir", "")))
+    test_set = (data.parent.name if data.name == "test" else data.name) or meta.machine_type
+    measured = (evaluation.get("model") or {}).get("version")
+    base = (meta.reexport or meta.enrolment or {}).get("base_version")
+    measured = measured if measured is not None and measured != meta.version else base
+    notes = []
+    if measured is not None and measured != meta.version:
+        notes.append(f"measured on v{measured}" + (", before enrolment" if meta.enrolment else ""))
+    then = evaluation.get("threshold")
+    if then is not None and abs(float(then) - meta.threshold_value) > 1e-6 * max(1.0, abs(float(then))):
+        notes.append(f"at the threshold {float(then):.4f} it had then; this version's is {meta.threshold_value:.4f}")
+    note = f" ({'; '.join(notes)})" if notes else ""
+    lines = []
+    for domain, c in counts.items():
+        alarms = ("flagged an unrecorded number of its " if c["alarms"] is None else f"flagged {c['alarms']} of ")
+        lines.append(f"{domain} domain: on the {test_set} test set it caught {c['caught']} of {c['n_anomaly']} faults "
+                     f"and {alarms}{c['n_normal']} healthy clips{note}.")
+    return lines
 
 
 def show_status(deployment: Deployment | None, detector: Detector | None, problem: str | None = None) -> None:
@@ -197,8 +254,30 @@ def show_status(deployment: Deployment | None, detector: Detector | None, proble
 # -- input --------------------------------------------------------------------------------
 
 
+SAMPLE_RULE = ("the lowest-numbered clip of each domain and label in each machine folder of production/samples "
+               "(real DCASE 2023 Task 2 test clips); the label is the dataset's, the verdict is the model's, and "
+               "they may differ")
+
+
 def sample_clips() -> dict[str, Path]:
-    return {p.name: p for p in sorted(SAMPLES_DIR.glob("*/*.wav"))}
+    """The sample clips offered, by a fixed rule: in each machine folder of
+    ``production/samples`` (ToyCar, fan), the clip with the lowest file number of each
+    (section, domain, label), e.g. ``section_00_source_test_anomaly_0001_...``; chosen by
+    number, not by what a model says of them. The app shows whatever the model says of a
+    sample; its label is only the dataset's. Files whose names are not DCASE clip names
+    are left out."""
+    from asd.data import FileNameError, parse_clip_name
+
+    lowest: dict[tuple, tuple[int, Path]] = {}
+    for path in sorted(SAMPLES_DIR.glob("*/*.wav")):
+        try:
+            clip = parse_clip_name(path)
+        except FileNameError:
+            continue
+        key = (path.parent.name, clip.section, clip.domain, clip.label)
+        if key not in lowest or clip.index < lowest[key][0]:
+            lowest[key] = (clip.index, path)
+    return {path.name: path for _, path in sorted(lowest.values(), key=lambda item: str(item[1]))}
 
 
 def choose_clips(sample_rate: int) -> tuple[list[tuple[str, bytes]], list[str]]:
@@ -234,7 +313,9 @@ def choose_clips(sample_rate: int) -> tuple[list[tuple[str, bytes]], list[str]]:
     else:
         samples = sample_clips()
         picked = st.multiselect("Sample clips (DCASE 2023 Task 2 test clips: ToyCar, and a fan a ToyCar model never "
-                                "heard; see production/samples)", list(samples), key="samples")
+                                "heard; see production/samples)", list(samples), key="samples",
+                                help=f"The samples are {SAMPLE_RULE}.")
+        st.caption(f"Samples: {SAMPLE_RULE}.")
         clips += [(name, samples[name].read_bytes()) for name in picked]
     return _unique_names(clips), refused
 
