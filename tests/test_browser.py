@@ -214,6 +214,27 @@ def test_a_text_file_renamed_wav_gets_a_clear_message(page, tmp_path):
     page.get_by_text("sounds normal").wait_for()
 
 
+def test_the_sidebar_says_what_the_threshold_did_on_the_test_set(page):
+    """Per domain, with the counts the served version's metadata stores (v5 carries v4's
+    evaluation: "measured on v4"); and the sample clips' rule, stated on the page."""
+    from asd.metadata import ModelMetadata
+
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    expect(sidebar).to_contain_text("What the threshold means on known data")
+    version = int(re.search(r"model: toycar version (\d+)", sidebar.inner_text())[1])
+    meta = ModelMetadata.read(SHIPPED_MODELS / "toycar" / str(version))
+    measured = meta.evaluation["model"]["version"]
+    assert list(meta.evaluation["sections"]) == ["00"]  # ToyCar's one section: its per-domain counts are the domain's
+    for domain, d in meta.evaluation["sections"]["00"]["per_domain"].items():
+        sentence = (f"{domain} domain: on the ToyCar test set it caught {d['n_anomaly_flagged']} of {d['n_anomaly']} "
+                    f"faults and flagged {d['n_normal_flagged']} of {d['n_normal']} healthy clips"
+                    + (f" (measured on v{measured})" if measured != version else "") + ".")
+        expect(sidebar).to_contain_text(sentence)
+    page.get_by_text("Sample clips", exact=True).click()
+    expect(page.get_by_text("the lowest-numbered clip of each domain and label")).to_be_visible()
+    _shot(page, "6_threshold_on_known_data")
+
+
 @pytest.fixture(scope="module")
 def in_process_app_url(tmp_path_factory):
     """The app with the model loaded in its own process (seconds of TensorFlow start-up)."""
