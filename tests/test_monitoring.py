@@ -78,8 +78,8 @@ def test_the_migrations_build_exactly_the_tables_the_code_declares(db_url):
     from asd.monitoring.store import make_engine
     from asd.monitoring.tables import Base
 
-    assert upgrade(db_url) == (None, "0002")
-    assert upgrade(db_url) == ("0002", "0002")  # again: nothing to do
+    assert upgrade(db_url) == (None, "0003")
+    assert upgrade(db_url) == ("0003", "0003")  # again: nothing to do
     engine = make_engine(db_url)
     with engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
@@ -88,12 +88,12 @@ def test_the_migrations_build_exactly_the_tables_the_code_declares(db_url):
 
 def test_an_older_schema_is_refused_with_the_command_that_fixes_it_and_upgrading_keeps_the_data(db_url, tmp_path):
     assert upgrade(db_url, "0001") == (None, "0001")
-    with pytest.raises(StoreError, match=r"schema 0001, older than this version's 0002: run asd db upgrade --db"):
+    with pytest.raises(StoreError, match=r"schema 0001, older than this version.s 0003: run asd db upgrade --db"):
         open_store(db_url)
     run = asd("history", "--db", db_url)
     assert run.returncode == 2 and "run asd db upgrade --db" in run.stderr
     status = asd("db", "status", "--db", db_url)
-    assert status.returncode == 1 and "schema 0001, this version of asd expects 0002" in status.stdout
+    assert status.returncode == 1 and "schema 0001, this version of asd expects 0003" in status.stdout
     from sqlalchemy import text
 
     from asd.monitoring.store import make_engine

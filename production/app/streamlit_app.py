@@ -31,6 +31,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from asd.access.gate import gate
 from asd.app_figures import band_profile_comparison, error_over_time, score_gauge, spectrogram_heatmap
 from asd.audio import AudioError, channel_count, load_audio
 from asd.explanations import BandProfiles
@@ -531,6 +532,7 @@ def models_unavailable(message: str, deployment: Deployment | None, problem: str
 
 def main() -> None:
     st.set_page_config(page_title="Machine sound anomaly detector", layout="wide")
+    gate()  # with sign-in on, nothing below is drawn for an anonymous visitor (asd.access)
     st.title("Machine sound anomaly detector")
     st.write("Check recordings of a machine: the model, trained on its normal sounds only, says whether each "
              "sounds normal or anomalous, and where.")

@@ -314,7 +314,8 @@ class _EnrolledModule(_ServedGraphModule):
 
 
 def enroll(models_dir: str | Path, name: str, clips: list[str | Path], domain: str, base_version: int | None = None,
-           out_dir: str | Path | None = None, force: bool = False, threshold_rule: str = "base", log=print) -> Path:
+           out_dir: str | Path | None = None, force: bool = False, threshold_rule: str = "base", log=print,
+           published_by: dict | None = None) -> Path:
     """Write a new version of model ``name``: the base version with ``clips`` enrolled as
     normal recordings of ``domain`` (issue 15). Seconds, not a training run.
 
@@ -325,7 +326,8 @@ def enroll(models_dir: str | Path, name: str, clips: list[str | Path], domain: s
     - The decision threshold stays the base version's unless ``threshold_rule`` says
       otherwise (see :func:`bank_threshold` for why a refit is worse); the unfamiliar
       threshold stays the base's.
-    - The metadata records the base version, the domain, and each clip's name and
+    - The metadata records who published it (``published_by``: the app's signed-in user,
+      :mod:`asd.access.guarded`), the base version, the domain, and each clip's name and
       :func:`asd.audio.pcm_sha256`; warm-up requests are written as for any export.
     - Never overwrites a version: written to a hidden temporary folder beside the
       versions (TF Serving ignores names that are not numbers), then renamed to the next
@@ -436,6 +438,7 @@ def enroll(models_dir: str | Path, name: str, clips: list[str | Path], domain: s
             "n_clips": len(records), "n_clips_in_bank": int(len(enrolled["names"])),
             "threshold_rule": threshold_rule + " (asd.enrolment.bank_threshold; the unfamiliar threshold is the base's)",
             "base_enrolment": meta.enrolment, "enrolled_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "published_by": published_by,
         }
         if new_meta.evaluation:  # not measured again: the base version's figures, said so
             new_meta.evaluation = {**new_meta.evaluation, "measured_on": new_meta.evaluation.get(

@@ -6,9 +6,13 @@ in its reference bank (:func:`asd.enrolment.enroll`: same network, no training).
 version appears in the first page's model picker, with its base version and clip count.
 
 Publishing needs the models folder writable by the app and TensorFlow in its process:
-the in-process app (``ASD_MODEL_DIR``). Behind TF Serving the app has neither (the compose
-stack mounts the models read-only into a TensorFlow-free image), so the page says how to
-run ``asd enroll`` instead; TF Serving then loads the new version by itself.
+the in-process app (``ASD_MODEL_DIR``), or behind TF Serving an app image with TensorFlow
+(the ``with-tensorflow`` build) given the models folder writable as
+``ASD_PUBLISH_MODELS_DIR``; TF Serving, with its read-only view of the same folder, loads
+the new version by itself. Otherwise the page says how to run ``asd enroll`` instead.
+
+Only an admin publishes (:mod:`asd.access`): the check runs in the code path that
+writes (:func:`asd.access.guarded.publish_version`), not only by hiding the button.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from asd.access import AccessDenied, may
+from asd.access.gate import gate
+from asd.access.guarded import publish_version
 from asd.audio import AudioError, load_audio
 from asd.features import ClipTooShortError
 from asd.inference import MAX_CLIP_SECONDS, Detector
@@ -33,12 +40,14 @@ UPLOAD_TYPES = ("wav", "flac")
 
 
 def writable_models_dir() -> tuple[Path | None, str]:
-    """The models folder this app may publish versions to, or None and why not."""
-    model_dir = os.environ.get("ASD_MODEL_DIR")
+    """The models folder this app may publish versions to (``ASD_MODEL_DIR`` in-process,
+    ``ASD_PUBLISH_MODELS_DIR`` behind TF Serving), or None and why not."""
+    model_dir = os.environ.get("ASD_MODEL_DIR") or os.environ.get("ASD_PUBLISH_MODELS_DIR")
     if not model_dir:
         return None, ("this app reaches the models through TF Serving, which serves them but cannot add one; "
-                      "run `asd enroll` where the models folder is writable (TF Serving loads the new version "
-                      "within seconds)")
+                      "give the app the models folder writable as ASD_PUBLISH_MODELS_DIR (README, \"Sign-in and "
+                      "roles\"), or run `asd enroll` where the models folder is writable (TF Serving loads the new "
+                      "version within seconds)")
     if importlib.util.find_spec("tensorflow") is None:
         return None, "publishing reads the model's graph, which needs TensorFlow in the app's process"
     if not os.access(model_dir, os.W_OK):
@@ -69,6 +78,7 @@ def score_uploads(detector: Detector, uploads) -> pd.DataFrame:
 
 def main() -> None:
     st.set_page_config(page_title="Calibrate: machine sound anomaly detector", layout="wide")
+    identity = gate()
     st.title("Calibrate")
     st.write("Teach a model how this machine sounds when it is healthy, here and now: its microphone, its place, "
              "its load. Upload recordings of it running normally; they join the model's reference recordings "
@@ -82,6 +92,10 @@ def main() -> None:
         return
     models_dir, why_not = writable_models_dir()
     name = st.selectbox("Model", deployment.names, key="calibrate_name")
+    if models_dir is not None and not may(identity, "publish"):
+        models_dir, why_not = None, (f"publishing needs the admin role; you are {identity.name} "
+                                     f"({identity.role or 'no role'})" if identity.via != "open" else
+                                     "this app is reachable from other machines without sign-in")
     if models_dir is None:
         st.info(f"Publishing from this page is off: {why_not}.")
         st.code(f"asd enroll --model <models folder> --name {name} --domain target recordings/*.wav", language="bash")
@@ -115,7 +129,7 @@ def main() -> None:
     domain = st.text_input("Domain label", "target", key="calibrate_domain",
                            help="A name for this setting: target, or e.g. line-3-mic-b (letters, digits, - and _).")
     if st.button(f"Publish a new version with {len(chosen)} recording(s)", disabled=not chosen, type="primary"):
-        from asd.enrolment import EnrolmentError, enroll
+        from asd.enrolment import EnrolmentError
 
         with tempfile.TemporaryDirectory() as folder, st.spinner("Publishing ..."):
             paths = []
@@ -124,8 +138,9 @@ def main() -> None:
                 path.write_bytes(upload.getvalue())
                 paths.append(path)
             try:
-                new = enroll(models_dir, name, paths, domain, base_version=base, force=keep_flagged, log=lambda *_: None)
-            except EnrolmentError as exc:
+                new = publish_version(identity, models_dir, name, paths, domain, base, force=keep_flagged,
+                                      db_url=os.environ.get("ASD_DB_URL"))
+            except (EnrolmentError, AccessDenied) as exc:
                 st.error(f"Not published: {exc}")
                 return
         st.cache_data.clear()  # the Check page's list of versions

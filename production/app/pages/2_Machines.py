@@ -16,6 +16,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from asd.access import AccessDenied, may
+from asd.access.gate import gate
+from asd.access.guarded import acknowledge_alert, mark_baseline, set_rule
 from asd.audio import AudioError
 from asd.monitoring.alerts import AlertRule
 from asd.monitoring.figures import clip_spectrogram, score_trend
@@ -53,8 +56,8 @@ def machines_table(statuses) -> pd.DataFrame:
     } for s in statuses])
 
 
-def show_alert(store, machine: str) -> None:
-    """The machine's open alert, its clips, and the Acknowledge form."""
+def show_alert(store, machine: str, identity) -> None:
+    """The machine's open alert, its clips, and the Acknowledge form (operators and admins)."""
     alerts = store.alerts(open_only=True, machine=machine)
     if not alerts:
         st.success(f"No open alert on {machine}.")
@@ -67,13 +70,16 @@ def show_alert(store, machine: str) -> None:
                    + (f": {alert.note}" if alert.note else "."))
         return
     st.error(text)
+    if not may(identity, "acknowledge"):
+        st.caption("Acknowledging needs the operator role.")
+        return
     with st.form(f"ack-{alert.id}"):
-        by = st.text_input("Your name", key=f"ack-by-{alert.id}")
+        by = None if identity.via == "sign-in" else st.text_input("Your name", key=f"ack-by-{alert.id}")
         note = st.text_input("Note (what you checked or did)", key=f"ack-note-{alert.id}")
         if st.form_submit_button("Acknowledge", type="primary"):
             try:
-                store.acknowledge(alert.id, by, note or None)
-            except StoreError as exc:
+                acknowledge_alert(identity, store, alert.id, note or None, name=by)
+            except (StoreError, AccessDenied) as exc:
                 st.error(str(exc))
                 return
             st.rerun()
@@ -91,10 +97,14 @@ def describe_clip(row) -> str:
     return f"{name}, anomaly score {row.score:.4f} (threshold {row.threshold:.4f}, {row.model_name} v{row.model_version})"
 
 
-def mark_healthy(store, db_url: str, machine: str, row) -> None:
-    """A form to mark the selected clip as healthy baseline (who is recorded)."""
+def mark_healthy(store, db_url: str, machine: str, row, identity) -> None:
+    """A form to mark the selected clip as healthy baseline (operators and admins; who is
+    recorded)."""
+    if not may(identity, "mark_baseline"):
+        return
     with st.form(f"baseline-{row.clip_id}"):
-        by = st.text_input("Marked healthy by (your name)", key=f"baseline-by-{row.clip_id}")
+        by = (identity.name if identity.via == "sign-in" else
+              st.text_input("Marked healthy by (your name)", key=f"baseline-by-{row.clip_id}"))
         if st.form_submit_button("Mark as healthy baseline"):
             from asd.monitoring.clips import keep_in_store
             from asd.monitoring.store import default_clip_store
@@ -111,8 +121,8 @@ def mark_healthy(store, db_url: str, machine: str, row) -> None:
                 st.error("Give your name: the baseline records who marked each clip.")
                 return
             try:
-                added, _ = store.mark_baseline(machine, by.strip(), keep, ids=[row.clip_id], expect=1)
-            except StoreError as exc:
+                added, _ = mark_baseline(identity, store, machine, [row.clip_id], keep, name=by)
+            except (StoreError, AccessDenied) as exc:
                 st.error(str(exc))
                 return
             st.success(f"{Path(row.path).name} is in {machine}'s baseline." if added
@@ -135,8 +145,11 @@ def show_clip(row) -> None:
         st.info(f"No spectrogram: {exc}")
 
 
-def show_rule(store, status) -> None:
-    """The machine's alert rule, as the app overrides it (the rules file gives the rest)."""
+def show_rule(store, status, identity) -> None:
+    """The machine's alert rule, as the app overrides it (the rules file gives the rest);
+    admins change it."""
+    if not may(identity, "change_rules"):
+        return
     with st.expander("Alert rule"):
         current = AlertRule(**{k: v for k, v in status.rule_override.items() if v is not None})
         st.caption("Set here, it overrides the monitor's rules file for this machine.")
@@ -150,12 +163,17 @@ def show_rule(store, status) -> None:
                 except ValueError as exc:
                     st.error(str(exc).splitlines()[-1])
                     return
-                store.set_rule(status.name, rule.k, rule.n, rule.m)
+                try:
+                    set_rule(identity, store, status.name, rule.k, rule.n, rule.m)
+                except (StoreError, AccessDenied) as exc:
+                    st.error(str(exc))
+                    return
                 st.success(f"Saved: {rule.describe()}.")
 
 
 def main() -> None:
     st.set_page_config(page_title="Machines: machine sound anomaly detector", layout="wide")
+    identity = gate()
     st.title("Machines")
     url = default_db_url()
     try:
@@ -177,7 +195,7 @@ def main() -> None:
             ": each verdict is on the mean of the last clip scores against the bank and this machine's baseline, "
             "against a threshold fitted from the baseline alone" if status.baseline.size and
             status.baseline.size >= (status.baseline.target or 0) else ""))
-    show_alert(store, machine)
+    show_alert(store, machine, identity)
     rows = store.history(machine, limit=TREND_CLIPS)
     chart = st.plotly_chart(score_trend(rows, machine), width="stretch", on_select="rerun", selection_mode="points",
                             key=f"trend-{machine}")
@@ -192,8 +210,8 @@ def main() -> None:
     if picked is not None:
         show_clip(picked)
         if picked.score is not None:
-            mark_healthy(store, url, machine, picked)
-    show_rule(store, status)
+            mark_healthy(store, url, machine, picked, identity)
+    show_rule(store, status, identity)
 
 
 main()

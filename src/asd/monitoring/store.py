@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from . import migrations
 from .tables import (ACKNOWLEDGED, CLEARED, FAILED, OPEN_STATES, RAISED, SCORED, Alert, AlertClip, AlertEvent,
-                     BaselineClip, Clip, Machine, Score, utc_now)
+                     AuditEntry, BaselineClip, Clip, Machine, Score, utc_now)
 
 T = TypeVar("T")
 #: Seconds between retries of a database that went away: 1, 2, 4, ... at most this
@@ -284,6 +284,25 @@ class Store:
                     time.sleep(0.1)
                 delay = min(delay * 2, MAX_BACKOFF_S)
 
+    # -- the audit log -------------------------------------------------------------------
+
+    def audit(self, session: Session, who: str, action: str, target: str, **detail) -> None:
+        """Record that ``who`` did ``action`` to ``target`` now (``detail`` as JSON)."""
+        import json
+
+        session.add(AuditEntry(at=utc_now(), who=who, action=action, target=target,
+                               detail=json.dumps(detail, default=str) if detail else None))
+
+    def record(self, who: str, action: str, target: str, **detail) -> None:
+        """:meth:`audit` in its own transaction (e.g. a model version published)."""
+        with self.transaction() as session:
+            self.audit(session, who, action, target, **detail)
+
+    def audit_log(self, limit: int = 200) -> list[AuditEntry]:
+        """The newest ``limit`` audit entries, newest first."""
+        with self.transaction() as session:
+            return list(session.scalars(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)))
+
     # -- writing clips and scores ------------------------------------------------------
 
     def machine(self, session: Session, name: str) -> Machine:
@@ -413,7 +432,9 @@ class Store:
         """Remove a machine's baseline (kept, marked removed by ``by``); returns how many
         clips. Raises :class:`StoreError` for an unknown machine."""
         with self.transaction() as session:
-            return self.remove_baseline(session, self.machine_named(session, machine), by)
+            removed = self.remove_baseline(session, self.machine_named(session, machine), by)
+            self.audit(session, by, "reset baseline", f"machine {machine}", clips_removed=removed)
+            return removed
 
     def mark_baseline(self, machine: str, by: str, keep: Callable[[Clip], str | None] | None = None,
                       ids: list[int] | None = None, paths: list[str] | None = None, expect: int | None = None,
@@ -449,6 +470,8 @@ class Store:
                     clip.stored_path = keep(clip) or clip.stored_path
                 added += self.add_baseline_clip(session, row, clip, score.model_name, score.model_version,
                                                 score.embedding, score.score, by)
+            self.audit(session, by, "add to baseline", f"machine {machine}", clips=[c.id for c, _ in found],
+                       added=added)
             return added, len(found) - added
 
     def machines_in(self, session: Session) -> list[Machine]:
@@ -529,10 +552,12 @@ class Store:
                 raise StoreError(f"alert {alert_id} is {alert.state}, not raised: only a raised alert is acknowledged")
             alert.state, alert.acknowledged_at, alert.acknowledged_by, alert.note = ACKNOWLEDGED, utc_now(), by, note
             session.add(AlertEvent(alert_id=alert.id, state=ACKNOWLEDGED, at=alert.acknowledged_at, by=by, note=note))
+            self.audit(session, by, "acknowledge alert", f"alert {alert.id}", note=note)
         return alert
 
-    def set_rule(self, machine: str, k: int | None, n: int | None, m: int | None) -> None:
-        """Set (None: unset) a machine's alert rule override, as the app does.
+    def set_rule(self, machine: str, k: int | None, n: int | None, m: int | None, by: str = "unknown") -> None:
+        """Set (None: unset) a machine's alert rule override, as the app does; ``by`` is
+        recorded in the audit log.
 
         Raises
         ------
@@ -543,7 +568,10 @@ class Store:
             row = session.scalar(select(Machine).where(Machine.name == machine))
             if row is None:
                 raise StoreError(f"no machine {machine!r} in {self.url}")
+            before = {"k": row.raise_k, "n": row.raise_n, "m": row.clear_m}
             row.raise_k, row.raise_n, row.clear_m = k, n, m
+            self.audit(session, by, "change alert rule", f"machine {machine}", before=before,
+                       after={"k": k, "n": n, "m": m})
 
     def pending_events(self) -> list[AlertEvent]:
         """Alert events whose notification has not gone out, oldest first (alert and

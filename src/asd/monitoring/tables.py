@@ -158,6 +158,19 @@ class BaselineClip(Base):
     clip: Mapped[Clip] = relationship()
 
 
+class AuditEntry(Base):
+    """Who did what, when (issue 31): an alert acknowledged, a rule changed, a baseline
+    changed, a model version published. ``detail`` is JSON."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    who: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(50))
+    target: Mapped[str] = mapped_column(String(300))
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
 class Alert(Base):
     """An alarm on one machine: raised by the rule, acknowledged by a person (who,
     when, a note), cleared by the rule. A machine has at most one open alert."""
