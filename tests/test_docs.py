@@ -4,6 +4,7 @@ the parser."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import shutil
 import subprocess
@@ -100,7 +101,7 @@ def test_mkdocs_builds_strictly_with_the_generated_cli_reference(tmp_path):
     site = tmp_path / "site"
     run = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
                          cwd=REPO, capture_output=True, text=True, timeout=300,
-                         env={**__import__("os").environ, "NO_MKDOCS_2_WARNING": "1"})
+                         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert run.returncode == 0, run.stdout + run.stderr
     assert "WARNING" not in run.stderr, run.stderr
     cli = (site / "cli" / "index.html").read_text()
@@ -111,3 +112,31 @@ def test_mkdocs_builds_strictly_with_the_generated_cli_reference(tmp_path):
     assert (site / "img" / "app-anomalous-clip.png").exists()
     for page in ("security", "train-your-own", "concepts", "testing", "benchmarks/speed"):
         assert (site / page / "index.html").exists(), page
+
+
+def test_links_to_repository_files_outside_docs_become_site_safe():
+    gen = _gen_cli()
+    page = DOCS / "benchmarks" / "speed.md"
+    md = ("[`benchmarks/speed/report.md`](../../benchmarks/speed/report.md) and "
+          "[Results](results.md) and ![curve](../../benchmarks/enrolment/enrolment.png) and "
+          "[gone](../../no/such/file.md)\n```\n[in code](../../LICENSE)\n```\n")
+    plain = gen._outside_links(md, page, DOCS, None)
+    assert plain.startswith("`benchmarks/speed/report.md` and [Results](results.md) and "
+                            "*curve* (`benchmarks/enrolment/enrolment.png` in the repository) and "
+                            "[gone](../../no/such/file.md)")  # a missing file is left for MkDocs to report
+    assert "[in code](../../LICENSE)" in plain
+    linked = gen._outside_links(md, page, DOCS, "https://example.com/asd")
+    assert "(https://example.com/asd/blob/HEAD/benchmarks/speed/report.md)" in linked
+    assert "(https://example.com/asd/raw/HEAD/benchmarks/enrolment/enrolment.png)" in linked
+
+
+def test_a_broken_link_fails_the_strict_build(tmp_path):
+    """The site's own check: a page linking to a page that does not exist fails the build."""
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "index.md").write_text("# Home\n\n[a page that is not there](missing.md)\n")
+    (tmp_path / "mkdocs.yml").write_text(
+        f"site_name: t\nstrict: true\ntheme: {{name: material}}\nhooks:\n  - {DOCS / 'gen_cli.py'}\n")
+    run = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert run.returncode != 0 and "missing.md" in run.stdout + run.stderr
