@@ -184,3 +184,65 @@ def test_without_sign_in_on_a_network_address_it_scores_but_does_not_publish(bro
     _shot(page, "23_open_app_banner")
     assert [p.name for p in (models / "toycar").iterdir()] == ["5"]
     context.close()
+
+
+@pytest.fixture(scope="module")
+def server_mode_app(provider, tmp_path_factory):
+    """Production's shape: a TF Serving stand-in over a models folder it polls, and the app
+    talking to it over REST, given the same folder writable (``ASD_PUBLISH_MODELS_DIR``),
+    sign-in on. Returns ``(app URL, serving URL, models dir, latest version)``."""
+    tmp = tmp_path_factory.mktemp("server_mode")
+    models = tmp / "models"
+    latest = 5
+    shutil.copytree(SHIPPED_MODELS / "toycar" / str(latest), models / "toycar" / str(latest))
+    serving_port, port = free_port(), free_port()
+    server = start_process([sys.executable, "-m", "asd.standins", "--models", str(models), "--port", str(serving_port)],
+                           _base_env(), tmp / "serving.log", f"http://127.0.0.1:{serving_port}/v1/models/toycar",
+                           cwd=REPO, startup_s=STARTUP_S)
+    secrets = tmp / "secrets.toml"
+    secrets.write_text(
+        "[auth]\n"
+        f'redirect_uri = "http://127.0.0.1:{port}/oauth2callback"\n'
+        'cookie_secret = "another-test-cookie-secret"\n'
+        'client_id = "asd-app"\n'
+        'client_secret = "any-secret-the-mock-accepts"\n'
+        f'server_metadata_url = "{provider}/.well-known/openid-configuration"\n'
+        'client_kwargs = { scope = "openid email profile" }\n')
+    env = {**_base_env(), "ASD_SERVING_URL": f"http://127.0.0.1:{serving_port}", "ASD_MODEL_NAME": "toycar",
+           "ASD_PUBLISH_MODELS_DIR": str(models)}
+    try:
+        app = start_process(
+            [str(Path(sys.executable).parent / "streamlit"), "run", "production/app/streamlit_app.py",
+             "--server.headless", "true", "--server.address", "127.0.0.1", "--server.port", str(port),
+             "--browser.gatherUsageStats", "false", "--secrets.files", str(secrets)],
+            env, tmp / "app.log", f"http://127.0.0.1:{port}/_stcore/health", cwd=REPO, startup_s=STARTUP_S)
+    except Exception:
+        stop_process(server)
+        raise
+    yield f"http://127.0.0.1:{port}", f"http://127.0.0.1:{serving_port}", models, latest
+    stop_process(app)
+    stop_process(server)
+
+
+def test_behind_serving_an_admin_publishes_into_the_shared_folder_and_serving_loads_it(browser, server_mode_app):
+    import time
+
+    url, serving, models, latest = server_mode_app
+    context, page = _page(browser)
+    _sign_in(page, url, ADMIN)
+    page.goto(f"{url}/Calibrate")
+    page.get_by_text("Normal recordings of the machine as it runs now").wait_for()
+    _upload(page, *TARGET_NORMALS)
+    page.get_by_role("button", name=re.compile(r"Publish a new version with \d+ recording")).click()
+    page.get_by_text(re.compile(rf"Published toycar v{latest + 1}")).wait_for()
+    context.close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the stand-in polls the folder as TF Serving does
+        status = requests.get(f"{serving}/v1/models/toycar/versions/{latest + 1}", timeout=5)
+        if status.status_code == 200 and status.json()["model_version_status"][0]["state"] == "AVAILABLE":
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"the stand-in did not load v{latest + 1}: {status.status_code} {status.text[:300]}")
+    meta = json.loads((models / "toycar" / str(latest + 1) / "assets.extra" / "asd_metadata.json").read_text())
+    assert meta["enrolment"]["published_by"]["email"] == ADMIN
