@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -22,7 +23,11 @@ from asd.serving.catalog import configured_model_names
 
 REPO = Path(__file__).resolve().parents[1]
 KUBERNETES = REPO / "deploy" / "kubernetes"
-OVERLAYS = ["cpu", "gpu"]
+OVERLAYS = ["cpu", "gpu", "signin"]
+EXAMPLES = REPO / "deploy" / "examples"
+# The files the signin overlay's generators read: made by the user from deploy/examples/
+# and git-ignored, so the tests render a copy of deploy/kubernetes with the examples there.
+SIGNIN_FILES = {"auth.toml": EXAMPLES / "asd_auth.example.toml", "access.yaml": EXAMPLES / "access.example.yaml"}
 KUBERNETES_VERSION = "1.32.0"  # the kubectl client on these machines; a current cluster version
 
 
@@ -35,10 +40,23 @@ def _kubectl() -> str:
     return kubectl
 
 
+def _kustomize(folder: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([_kubectl(), "kustomize", str(folder)], capture_output=True, text=True, timeout=60)
+
+
 def render(overlay: str) -> list[dict]:
-    """The objects `kubectl kustomize deploy/kubernetes/overlays/<overlay>` renders."""
-    result = subprocess.run([_kubectl(), "kustomize", str(KUBERNETES / "overlays" / overlay)],
-                            capture_output=True, text=True, timeout=60)
+    """The objects `kubectl kustomize deploy/kubernetes/overlays/<overlay>` renders. The
+    signin overlay is rendered from a temporary copy of deploy/kubernetes holding the
+    example files in place of the user's (never the user's own, should they exist here)."""
+    if overlay != "signin":
+        result = _kustomize(KUBERNETES / "overlays" / overlay)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            copy = Path(tmp) / "kubernetes"
+            shutil.copytree(KUBERNETES, copy, ignore=lambda folder, names: [n for n in names if n in SIGNIN_FILES])
+            for name, example in SIGNIN_FILES.items():
+                shutil.copyfile(example, copy / "overlays" / "signin" / name)
+            result = _kustomize(copy / "overlays" / "signin")
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
@@ -81,6 +99,14 @@ def port(c: dict, name: str) -> int:
 
 def compose(name: str) -> dict:
     return yaml.safe_load((REPO / name).read_text())
+
+
+def compose_app_env(overlay: str) -> dict:
+    """The app's environment in the compose setup an overlay corresponds to."""
+    variables = dict(compose("docker-compose.prod.yaml")["services"]["app"]["environment"])
+    if overlay == "signin":
+        variables.update(compose("docker-compose.signin.yaml")["services"]["app"]["environment"])
+    return variables
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
@@ -212,7 +238,7 @@ def test_only_the_app_and_the_monitor_reach_serving(rendered):
 
 
 def test_app_finds_serving_and_its_config_and_is_probed_where_its_image_says(rendered):
-    _, objects = rendered
+    overlay, objects = rendered
     app = find(objects, "Deployment", "asd-app")
     c = container(app, "app")
     variables = env(c)
@@ -221,15 +247,19 @@ def test_app_finds_serving_and_its_config_and_is_probed_where_its_image_says(ren
     assert variables["ASD_SERVING_URL"] == f"http://asd-serving:{http_port}"
     # the variables the app reads (asd.serving.catalog.Deployment.from_env, the app itself),
     # and the same as compose gives it
-    readers = (REPO / "src" / "asd" / "serving" / "catalog.py").read_text() + (
-        REPO / "production" / "app" / "streamlit_app.py").read_text()
+    # (the access file and the Calibrate page's publishing folder with sign-in; the secrets
+    # files are Streamlit's own option, secrets.files)
+    readers = "".join(path.read_text() for path in (
+        REPO / "src" / "asd" / "serving" / "catalog.py", REPO / "production" / "app" / "streamlit_app.py",
+        REPO / "src" / "asd" / "access" / "roles.py", *sorted((REPO / "production" / "app" / "pages").glob("*.py"))))
     for name in variables:
-        assert f'"{name}"' in readers, name
-    compose_env = compose("docker-compose.prod.yaml")["services"]["app"]["environment"]
-    assert set(variables) == set(compose_env)
-    # the models' files, read only, where ASD_MODEL_FILES_DIR says: the claim TF Serving reads
+        assert f'"{name}"' in readers or name == "STREAMLIT_SECRETS_FILES", name
+    assert set(variables) == set(compose_app_env(overlay))
+    # the models' files where ASD_MODEL_FILES_DIR says: the claim TF Serving reads; read only,
+    # but for the app with sign-in, which publishes there
     models_mount = next(m for m in c["volumeMounts"] if m["name"] == "models")
-    assert models_mount["mountPath"] == variables["ASD_MODEL_FILES_DIR"] and models_mount["readOnly"] is True
+    assert models_mount["mountPath"] == variables["ASD_MODEL_FILES_DIR"]
+    assert models_mount["readOnly"] is (overlay != "signin")
     claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in app["spec"]["template"]["spec"]["volumes"]
               if "persistentVolumeClaim" in v}
     serving_claims = {v["persistentVolumeClaim"]["claimName"] for v in
@@ -267,7 +297,7 @@ def test_monitor_runs_the_apps_image_with_the_database_url_from_the_secret(rende
     from asd.cli import build_parser
     from asd.monitoring.cli import cmd_monitor
 
-    _, objects = rendered
+    overlay, objects = rendered
     monitor, app = find(objects, "Deployment", "asd-monitor"), find(objects, "Deployment", "asd-app")
     c, a = container(monitor, "monitor"), container(app, "app")
     pod = monitor["spec"]["template"]["spec"]
@@ -281,7 +311,9 @@ def test_monitor_runs_the_apps_image_with_the_database_url_from_the_secret(rende
     assert db["name"] == "asd-monitoring-db" and db["key"] == "url" and not db.get("optional", False)
     assert secret_refs(a)["ASD_DB_URL"] == {**db, "optional": True}  # the app starts without monitoring
     assert "ASD_DB_URL" not in env(c) and "ASD_DB_URL" not in env(a)
-    assert not any(o["kind"] == "Secret" for o in objects)
+    # the only Secret rendered: the signin overlay's, generated from the user's auth.toml
+    assert [o["metadata"]["name"].rsplit("-", 1)[0] for o in objects if o["kind"] == "Secret"] == (
+        ["asd-auth"] if overlay == "signin" else [])
     for obj in objects:
         assert "postgresql+psycopg://" not in yaml.safe_dump(obj), obj["metadata"]["name"]
     # the command asd parses: the server and model the app uses (as the kubelet expands them)
