@@ -20,7 +20,8 @@ import yaml
 
 from .conftest import REPO, SHIPPED_MODELS, free_port
 
-COMPOSE_FILES = ["compose.yaml", "docker-compose.dev.yaml", "docker-compose.prod.yaml", "docker-compose.gpu.yaml"]
+COMPOSE_FILES = ["compose.yaml", "docker-compose.dev.yaml", "docker-compose.prod.yaml", "docker-compose.gpu.yaml",
+                 "docker-compose.signin.yaml"]
 SERVING_CONFIG = REPO / "production" / "serving"
 METRICS_PATH = "/monitoring/prometheus/metrics"
 
@@ -620,3 +621,145 @@ def test_the_project_is_licensed_apache_2_0():
     assert text.lstrip().startswith("Apache License") and "Version 2.0, January 2004" in text
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
+
+
+# -- sign-in (docker-compose.signin.yaml, the app image with TensorFlow) ---------------------
+
+SIGNIN = "docker-compose.signin.yaml"
+AUTH_KEYS = {"redirect_uri", "cookie_secret", "client_id", "client_secret", "server_metadata_url"}
+
+
+def _target(kind: str, entry) -> str:
+    """The unique key by which compose merges a service's volumes, secrets and configs."""
+    if kind == "volumes":
+        return entry["target"] if isinstance(entry, dict) else entry.split(":")[1]
+    if isinstance(entry, str):
+        return f"/run/secrets/{entry}" if kind == "secrets" else f"/{entry}"
+    target = entry.get("target", entry["source"])
+    return target if target.startswith("/") else (f"/run/secrets/{target}" if kind == "secrets" else f"/{target}")
+
+
+def _merge(base, override, key: str = ""):
+    """Compose's merge of an override file into a base (compose-spec, merge.md): mappings
+    recursively; volumes, secrets and configs of a service by target; command, entrypoint
+    and healthcheck test replaced; other sequences appended."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for k, v in override.items():
+            merged[k] = _merge(base[k], v, k) if k in base else v
+        return merged
+    if isinstance(base, list) and isinstance(override, list):
+        if key in ("volumes", "secrets", "configs"):
+            entries = {_target(key, e): e for e in base}
+            entries.update({_target(key, e): e for e in override})
+            return list(entries.values())
+        if key in ("command", "entrypoint", "test"):
+            return override
+        return base + [e for e in override if e not in base]
+    return override
+
+
+def _signin() -> dict:
+    """docker-compose.prod.yaml with docker-compose.signin.yaml over it."""
+    return _merge(_compose(), _compose(SIGNIN))
+
+
+def streamlit_secrets(path: Path) -> dict:
+    """What Streamlit's secrets loader (secrets.files, STREAMLIT_SECRETS_FILES) reads from ``path``."""
+    from streamlit.runtime.secrets import Secrets
+
+    secrets, found = Secrets()._parse_file_path(str(path))
+    assert found, path
+    return dict(secrets)
+
+
+def test_the_default_app_image_is_tensorflow_free_and_the_variant_has_it():
+    import tomllib
+
+    dockerfile = (REPO / "production" / "Dockerfile").read_text()
+    assert _build_args("production/Dockerfile") == {"ASD_EXTRAS": "app"}
+    # declared after FROM (else RUN would not see it) and before the install that uses it
+    arg, install = dockerfile.index("ARG ASD_EXTRAS="), dockerfile.index('pip install -c constraints.txt ".[${ASD_EXTRAS}]"')
+    assert dockerfile.index("FROM ") < arg < install
+    assert "worker" in dockerfile[:arg].rsplit("\nRUN", 1)[-1]  # why a variant, next to the ARG
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    tensorflow = lambda names: [r for n in names.split(",") for r in extras[n] if r.startswith("tensorflow")]  # noqa: E731
+    assert tensorflow("app") == []
+    variant = _compose(SIGNIN)["services"]["app"]["build"]["args"]["ASD_EXTRAS"]
+    assert variant == "app,train" and tensorflow(variant)  # enrolment reads the model's graph
+
+
+def test_signin_override_validates_over_the_production_file(tmp_path):
+    merged = tmp_path / "merged.yaml"
+    merged.write_text(yaml.safe_dump(_signin()))
+    tool = shutil.which("check-jsonschema", path=str(Path(sys.executable).parent)) or shutil.which("check-jsonschema")
+    run = subprocess.run([tool, "--builtin-schema", "vendor.compose-spec", str(merged)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert set(_compose(SIGNIN)["services"]) == {"app", "monitor"}  # serving, postgres as in prod
+    # the app's image with TensorFlow under its own tag (the TF-free one stays as it is),
+    # and the monitor on the image the app service builds
+    app, monitor = _signin()["services"]["app"], _signin()["services"]["monitor"]
+    assert app["image"] != _services()["app"]["image"] and app["image"].startswith("asd-app:")
+    assert monitor["image"] == app["image"] and "build" not in monitor
+    assert app["build"]["dockerfile"] == "production/Dockerfile"
+
+
+def test_signin_settings_are_a_compose_secret_that_streamlit_reads(tmp_path):
+    compose = _signin()
+    app = compose["services"]["app"]
+    assert "postgres_password" in app["secrets"]  # still there, for ASD_DB_URL
+    (auth,) = [s for s in app["secrets"] if isinstance(s, dict)]
+    assert auth["source"] == "asd_auth"
+    inside = _target("secrets", auth)
+    assert app["environment"]["STREAMLIT_SECRETS_FILES"] == inside
+    assert PurePosixPath(inside).suffix == ".toml"  # Streamlit reads no other file names
+    # the file: git-ignored, never tracked, made from the example as the comment says
+    host = REPO / compose["secrets"]["asd_auth"]["file"]
+    relative = host.relative_to(REPO).as_posix()
+    assert _git_ignored(relative)
+    assert subprocess.run(["git", "ls-files", "--", relative], cwd=REPO, capture_output=True, text=True).stdout == ""
+    example = REPO / "deploy" / "examples" / "asd_auth.example.toml"
+    assert f"cp {example.relative_to(REPO).as_posix()} {relative}" in (REPO / SIGNIN).read_text()
+    # the example, where the container has the file, as Streamlit's secrets loader reads it
+    where = tmp_path / PurePosixPath(inside).relative_to("/")
+    where.parent.mkdir(parents=True)
+    shutil.copyfile(example, where)
+    settings = streamlit_secrets(where)["auth"]
+    assert AUTH_KEYS <= set(settings) and settings["redirect_uri"].startswith("https://")
+    assert settings["redirect_uri"].endswith("/oauth2callback")
+    # the name the secret would have without a target: refused by Streamlit
+    from streamlit.errors import StreamlitSecretNotFoundError
+
+    bare = tmp_path / "asd_auth"
+    shutil.copyfile(example, bare)
+    with pytest.raises(StreamlitSecretNotFoundError):
+        streamlit_secrets(bare)
+
+
+def test_signin_access_file_is_a_compose_config_the_app_reads(tmp_path):
+    from asd.access.roles import load_policy
+
+    compose = _signin()
+    app = compose["services"]["app"]
+    (config,) = app["configs"]
+    assert app["environment"]["ASD_ACCESS_FILE"] == _target("configs", config)
+    relative = compose["configs"][config["source"]]["file"].removeprefix("./")
+    assert _git_ignored(relative)  # it names the plant's people
+    example = REPO / "deploy" / "examples" / "access.example.yaml"
+    assert f"cp {example.relative_to(REPO).as_posix()} {relative}" in (REPO / SIGNIN).read_text()
+    policy = load_policy(example)
+    assert set(policy.groups.values()) == {"viewer", "operator", "admin"} and policy.default is None
+
+
+def test_signin_app_publishes_into_the_folder_serving_reads_read_only():
+    compose = _signin()
+    app, serving = compose["services"]["app"], compose["services"]["serving"]
+    publish = app["environment"]["ASD_PUBLISH_MODELS_DIR"]
+    mounts = {inside.as_posix(): (host, read_only) for host, inside, read_only in _mounts(app)}
+    assert mounts[publish] == (REPO / "production" / "models", False)  # writable, replacing prod's :ro
+    assert (REPO / "production" / "models", PurePosixPath("/models"), True) in _mounts(serving)
+    assert all(read_only for _, _, read_only in _mounts(serving))
+    assert app["environment"]["ASD_MODEL_FILES_DIR"] == publish  # one view of the models
+    assert mounts["/config"][1]  # the serving config stays read-only
+    # the Calibrate page reads the variable
+    assert '"ASD_PUBLISH_MODELS_DIR"' in (REPO / "production" / "app" / "pages" / "1_Calibrate.py").read_text()

@@ -352,3 +352,102 @@ def test_monitor_runs_the_apps_image_with_the_database_url_from_the_secret(rende
     assert c["securityContext"] == a["securityContext"]
     for kind in ("requests", "limits"):
         assert set(c["resources"][kind]) == {"cpu", "memory"}, kind
+
+
+def test_ingress_serves_the_app_over_tls_as_sign_in_requires(rendered):
+    _, objects = rendered
+    ingress = find(objects, "Ingress", "asd-app")
+    (tls,) = ingress["spec"]["tls"]
+    assert tls["secretName"] == "asd-tls"  # made by the user or cert-manager, never rendered here
+    assert tls["hosts"] == [rule["host"] for rule in ingress["spec"]["rules"]]
+    assert not any(o["kind"] == "Secret" and o["metadata"]["name"].startswith("asd-tls") for o in objects)
+    note = (KUBERNETES / "base" / "app-ingress.yaml").read_text()
+    assert "TLS: required for sign-in" in note and "cookie" in note and "https" in note
+
+
+def _mounted_file(deployment: dict, c: dict, path: str, kind: str) -> tuple[dict, str]:
+    """The volume source (``secret`` or ``configMap``) and key a container's file comes from."""
+    mount = next(m for m in c["volumeMounts"] if Path(path).parent.as_posix() == m["mountPath"])
+    assert mount.get("readOnly") is True, mount
+    volume = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
+    return volume[kind], Path(path).name
+
+
+def test_signin_overlay_mounts_the_auth_secret_where_streamlit_reads_it(tmp_path):
+    import base64
+
+    from streamlit.errors import StreamlitSecretNotFoundError
+
+    from asd.access.roles import load_policy
+
+    from .test_deployment_files import AUTH_KEYS, streamlit_secrets
+
+    objects = render("signin")
+    app = find(objects, "Deployment", "asd-app")
+    c = container(app, "app")
+    variables = env(c)
+
+    # the [auth] settings: the Secret generated from auth.toml, mounted read-only, the file
+    # named by STREAMLIT_SECRETS_FILES
+    (secret,) = [o for o in objects if o["kind"] == "Secret"]
+    assert secret["metadata"]["name"].startswith("asd-auth-")  # a hash suffix: a change rolls the app out
+    source, key = _mounted_file(app, c, variables["STREAMLIT_SECRETS_FILES"], "secret")
+    assert source["secretName"] == secret["metadata"]["name"] and key in secret["data"]
+    text = base64.b64decode(secret["data"][key]).decode()
+    assert text == SIGNIN_FILES["auth.toml"].read_text()
+    # Streamlit reads it there: a .toml file (a directory would need one folder per secret)
+    inside = tmp_path / variables["STREAMLIT_SECRETS_FILES"].lstrip("/")
+    inside.parent.mkdir(parents=True)
+    inside.write_text(text)
+    assert AUTH_KEYS <= set(streamlit_secrets(inside)["auth"])
+    with pytest.raises(StreamlitSecretNotFoundError):
+        streamlit_secrets(inside.parent)  # as the kubelet mounts it: files, not folders
+
+    # the access file: the ConfigMap generated from access.yaml
+    config_map = next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("asd-access-"))
+    source, key = _mounted_file(app, c, variables["ASD_ACCESS_FILE"], "configMap")
+    assert source["name"] == config_map["metadata"]["name"]
+    access = tmp_path / "access.yaml"
+    access.write_text(config_map["data"][key])
+    assert load_policy(access).groups  # an access file asd reads
+
+    # publishing: the models volume writable where ASD_PUBLISH_MODELS_DIR says, the claim
+    # serving mounts read-only, and ReadWriteMany
+    models = next(m for m in c["volumeMounts"] if m["mountPath"] == variables["ASD_PUBLISH_MODELS_DIR"])
+    assert not models.get("readOnly", False)
+    claim = claims(app)[models["name"]]
+    assert not claim.get("readOnly", False)
+    serving = find(objects, "Deployment", "asd-serving")
+    serving_models = next(m for m in container(serving, "serving")["volumeMounts"] if m["name"] == "models")
+    assert serving_models["readOnly"] is True and claims(serving)["models"] == {"claimName": claim["claimName"], "readOnly": True}
+    assert "ReadWriteMany" in find(objects, "PersistentVolumeClaim", claim["claimName"])["spec"]["accessModes"]
+
+    # the app image with TensorFlow, as compose builds it, for the app and the monitor
+    signin_compose = compose("docker-compose.signin.yaml")["services"]
+    assert c["image"] == signin_compose["app"]["image"] == container(find(objects, "Deployment", "asd-monitor"), "monitor")["image"]
+    cpu_app = container(find(render("cpu"), "Deployment", "asd-app"), "app")
+    assert cpu_app["image"] != c["image"]
+    assert "STREAMLIT_SECRETS_FILES" not in env(cpu_app) and "ASD_PUBLISH_MODELS_DIR" not in env(cpu_app)
+
+
+def test_signin_overlay_reads_the_users_git_ignored_files_and_says_how_to_make_them(tmp_path):
+    overlay = KUBERNETES / "overlays" / "signin"
+    kustomization = yaml.safe_load((overlay / "kustomization.yaml").read_text())
+    files = [f for g in kustomization["secretGenerator"] + kustomization["configMapGenerator"] for f in g["files"]]
+    assert sorted(files) == sorted(SIGNIN_FILES)
+    text = (overlay / "kustomization.yaml").read_text()
+    for name, example in SIGNIN_FILES.items():
+        relative = (overlay / name).relative_to(REPO).as_posix()
+        assert subprocess.run(["git", "check-ignore", "-q", relative], cwd=REPO).returncode == 0, relative
+        # the comment's cp command, run in the overlay's folder, copies the example
+        (command,) = re.findall(rf"^#\s+cp (\S+) {re.escape(name)}\b", text, re.M)
+        assert (overlay / command).resolve() == example.resolve()
+    # without either of them, rendering fails and names the file
+    for missing in SIGNIN_FILES:
+        copy = tmp_path / missing / "kubernetes"
+        shutil.copytree(KUBERNETES, copy, ignore=lambda folder, names: [n for n in names if n in SIGNIN_FILES])
+        for name, example in SIGNIN_FILES.items():
+            if name != missing:
+                shutil.copyfile(example, copy / "overlays" / "signin" / name)
+        result = _kustomize(copy / "overlays" / "signin")
+        assert result.returncode != 0 and missing in result.stderr, result.stderr
