@@ -41,6 +41,21 @@ def provider():
         yield issuer
 
 
+def _auth_secrets(tmp: Path, port: int, provider: str) -> Path:
+    """A secrets file with the ``[auth]`` section for an app on ``port`` signing in at the
+    mock ``provider`` (throwaway test values: the mock accepts any client secret)."""
+    secrets = tmp / "secrets.toml"
+    secrets.write_text(
+        "[auth]\n"
+        f'redirect_uri = "http://127.0.0.1:{port}/oauth2callback"\n'
+        'cookie_secret = "test-only-cookie-secret"\n'
+        'client_id = "asd-app"\n'
+        'client_secret = "test-only-client-secret"\n'
+        f'server_metadata_url = "{provider}/.well-known/openid-configuration"\n'
+        'client_kwargs = { scope = "openid email profile" }\n')
+    return secrets
+
+
 def _start_app(tmp: Path, env: dict, address: str = "127.0.0.1", secrets: Path | None = None):
     port = free_port()
     args = [str(Path(sys.executable).parent / "streamlit"), "run", "production/app/streamlit_app.py",
@@ -62,15 +77,7 @@ def signin_app(provider, tmp_path_factory):
     latest = max(int(p.name) for p in (SHIPPED_MODELS / "toycar").iterdir() if p.name.isdigit())
     shutil.copytree(SHIPPED_MODELS / "toycar" / str(latest), models / "toycar" / str(latest))
     port = free_port()
-    secrets = tmp / "secrets.toml"
-    secrets.write_text(
-        "[auth]\n"
-        f'redirect_uri = "http://127.0.0.1:{port}/oauth2callback"\n'
-        'cookie_secret = "a-test-cookie-secret-never-used-elsewhere"\n'
-        'client_id = "asd-app"\n'
-        'client_secret = "any-secret-the-mock-accepts"\n'
-        f'server_metadata_url = "{provider}/.well-known/openid-configuration"\n'
-        'client_kwargs = { scope = "openid email profile" }\n')
+    secrets = _auth_secrets(tmp, port, provider)
     args = [str(Path(sys.executable).parent / "streamlit"), "run", "production/app/streamlit_app.py",
             "--server.headless", "true", "--server.address", "127.0.0.1", "--server.port", str(port),
             "--browser.gatherUsageStats", "false", "--secrets.files", str(secrets)]
@@ -199,15 +206,7 @@ def server_mode_app(provider, tmp_path_factory):
     server = start_process([sys.executable, "-m", "asd.standins", "--models", str(models), "--port", str(serving_port)],
                            _base_env(), tmp / "serving.log", f"http://127.0.0.1:{serving_port}/v1/models/toycar",
                            cwd=REPO, startup_s=STARTUP_S)
-    secrets = tmp / "secrets.toml"
-    secrets.write_text(
-        "[auth]\n"
-        f'redirect_uri = "http://127.0.0.1:{port}/oauth2callback"\n'
-        'cookie_secret = "another-test-cookie-secret"\n'
-        'client_id = "asd-app"\n'
-        'client_secret = "any-secret-the-mock-accepts"\n'
-        f'server_metadata_url = "{provider}/.well-known/openid-configuration"\n'
-        'client_kwargs = { scope = "openid email profile" }\n')
+    secrets = _auth_secrets(tmp, port, provider)
     env = {**_base_env(), "ASD_SERVING_URL": f"http://127.0.0.1:{serving_port}", "ASD_MODEL_NAME": "toycar",
            "ASD_PUBLISH_MODELS_DIR": str(models)}
     try:
