@@ -278,6 +278,9 @@ def test_flagged_anomalies_raise_one_alert_keep_its_clips_and_notify_once_per_st
     assert alert["acknowledged_at"] <= alert["cleared_at"]
     assert [b["title"].rsplit(" ", 1)[-1] for b in received] == ["raised", "acknowledged", "cleared"]
     assert "J. Doe: bearing checked" in received[1]["message"]
+    [entry] = json.loads(asd("audit", "--db", db_url, "--format", "json").stdout)  # who did what, when
+    assert (entry["who"], entry["action"], entry["target"]) == ("J. Doe", "acknowledge alert", f"alert {alert['id']}")
+    assert json.loads(entry["detail"]) == {"note": "bearing checked"}
     store = open_store(db_url)
     [row] = store.alerts()
     assert [e.state for e in row.events] == ["raised", "acknowledged", "cleared"]

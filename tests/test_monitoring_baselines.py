@@ -144,3 +144,5 @@ def test_asd_baseline_adds_and_resets_and_the_monitor_commissions_again(tmp_path
         next((incoming / "car-C2").glob("*.flac")).read_bytes())  # a new clip: commissioning takes it
     _monitor(db_url, incoming, "--model", SHIPPED_MODELS)
     assert "car-D2: commissioning (1 of 10)" in asd("baseline", "--db", db_url, "--machine", "car-D2", "--show").stderr
+    audit = json.loads(asd("audit", "--db", db_url, "--format", "json").stdout)
+    assert [(e["who"], e["action"]) for e in reversed(audit)] == [("J. Doe", "add to baseline"), ("J. Doe", "reset baseline")]

@@ -7,7 +7,7 @@ version appears in the first page's model picker, with its base version and clip
 
 Publishing needs the models folder writable by the app and TensorFlow in its process:
 the in-process app (``ASD_MODEL_DIR``), or behind TF Serving an app image with TensorFlow
-(the ``with-tensorflow`` build) given the models folder writable as
+(built with ``--build-arg ASD_EXTRAS=app,train``) given the models folder writable as
 ``ASD_PUBLISH_MODELS_DIR``; TF Serving, with its read-only view of the same folder, loads
 the new version by itself. Otherwise the page says how to run ``asd enroll`` instead.
 

@@ -301,8 +301,23 @@ judged by the model's threshold and k of the last n clip verdicts raise (default
 """
 
 
+AUDIT_COLUMNS = ("id", "at", "who", "action", "target", "detail")
+
+
+def cmd_audit(args) -> int:
+    from .store import open_store
+
+    store = open_store(_db(args))
+    try:
+        entries = store.audit_log(args.limit)
+    finally:
+        store.close()
+    _emit([{c: getattr(e, c) for c in AUDIT_COLUMNS} for e in entries], AUDIT_COLUMNS, args.format)
+    return 0
+
+
 def add_commands(sub, add_backend_options) -> None:
-    """Register ``monitor``, ``db``, ``history``, ``alerts`` and ``baseline`` on ``sub`` (the main
+    """Register ``monitor``, ``db``, ``history``, ``alerts``, ``baseline`` and ``audit`` on ``sub`` (the main
     parser's subparsers); ``add_backend_options`` adds ``--model``/``--server``/``--name``."""
     p = sub.add_parser("monitor", help="score every clip of every machine once into a database, and raise alerts",
                        description=MONITOR_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -373,3 +388,9 @@ def add_commands(sub, add_backend_options) -> None:
     p.add_argument("--note", metavar="TEXT", help="a note with the acknowledgement")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.set_defaults(func=cmd_alerts)
+
+    p = sub.add_parser("audit", help="who acknowledged alerts, changed rules or baselines, published versions, and when")
+    _db_option(p)
+    p.add_argument("--limit", type=int, default=200, metavar="N", help="the newest N entries (default 200)")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.set_defaults(func=cmd_audit)
