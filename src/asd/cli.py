@@ -86,14 +86,23 @@ def _require_machine_type_folder(data: str) -> None:
 
 
 def cmd_train(args) -> int:
-    from .config import load_train_config
+    from .config import folder_train_config, load_train_config
 
+    if not args.config and not args.data:
+        raise ConfigError("give --data FOLDER (a folder of one machine type's normal clips) or --config YAML")
+    if args.name and not args.data:
+        raise ConfigError("--name goes with --data (with --config alone, set name=... with --set)")
     import_tensorflow()  # quietly: checking the detector's settings imports the detectors
-    config = load_train_config(args.config, args.set + ([f"models_dir={args.models_dir}"] if args.models_dir else []))
+    overrides = args.set + ([f"models_dir={args.models_dir}"] if args.models_dir else [])
+    if args.data:
+        config, recipe = folder_train_config(args.data, args.name, args.config, overrides)
+        print(f"training {config.machine_type} (model {config.name}) on {args.data} with {recipe}", flush=True)
+    else:
+        config = load_train_config(args.config, overrides)
     config.check_data_dir()
     from .train import train
 
-    result = train(config)
+    result = train(config, strict=args.strict)
     print(f"model: {result.version_dir}")
     print(f"tensorboard: tensorboard --logdir {result.run_dir.parent}")
     return 0
@@ -451,7 +460,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a model on a machine type's normal clips, fit its decision threshold,\n"
                                    "evaluate it on the labelled test clips and export it as a SavedModel.",
                        epilog=train_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="YAML training config (the shipped ones and every key below)")
+    p.add_argument("--data", metavar="FOLDER",
+                   help="a folder of one machine type's normal clips (.wav/.flac, any names, searched recursively; its "
+                        "train/ folder when it has one; source/ and target/ folders name domains, else all are source; "
+                        "a labelled test/ folder is evaluated): trains without --config with the shipped recipe, "
+                        "attribute-free unless the clips carry DCASE names")
+    p.add_argument("--name", help="with --data: the machine type and model name (default: the folder's name)")
+    p.add_argument("--config", help="YAML training config (the shipped ones and every key below); with --data, "
+                   "its data_dir, name and machine_type are replaced")
+    p.add_argument("--strict", action="store_true", help="refuse to train when a clip cannot be used "
+                   "(default: such clips are listed and skipped)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting, e.g. training.epochs=3")
     p.add_argument("--models-dir", metavar="DIR",
                    help="export to DIR/<name>/<next version>/ (default: the config's models_dir, runs/models; "
@@ -460,7 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="AUC per domain, pAUC and official score on a labelled test set")
     _add_backend_options(p)
-    p.add_argument("--data", required=True, help="machine-type folder with test/ (e.g. dev_data/ToyCar)")
+    p.add_argument("--data", required=True, help="machine-type folder with test/ (e.g. dev_data/ToyCar), or a test "
+                   "folder; clips labelled by DCASE names or by normal/ and anomaly/ (abnormal/, as MIMII has it) folders")
     p.add_argument("--json", metavar="FILE", help="also write the metrics as JSON")
     p.add_argument("--scores-csv", metavar="FILE", help="also write each clip's score as CSV")
     p.set_defaults(func=cmd_evaluate)

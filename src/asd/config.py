@@ -138,8 +138,10 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
     return values
 
 
-def load_yaml_settings(path: str | Path, model: type[BaseModel], overrides: list[str] | None = None, what: str = "config file"):
-    """Read a YAML file of settings, apply ``key=value`` overrides and validate it as ``model``.
+def load_yaml_settings(path: str | Path, model: type[BaseModel], overrides: list[str] | None = None, what: str = "config file",
+                       values_set: dict | None = None):
+    """Read a YAML file of settings, set ``values_set`` (top-level keys, as they are), apply
+    ``key=value`` overrides and validate it as ``model``.
 
     Raises
     ------
@@ -154,7 +156,7 @@ def load_yaml_settings(path: str | Path, model: type[BaseModel], overrides: list
         raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{what} {path} must hold a mapping of settings")
-    values = apply_overrides(values, overrides or [])
+    values = apply_overrides({**values, **(values_set or {})}, overrides or [])
     try:
         return model.model_validate(values)
     except ValidationError as exc:
@@ -170,3 +172,56 @@ def load_train_config(path: str | Path, overrides: list[str] | None = None) -> T
         Missing or unparsable file, unknown keys, or invalid values (all named).
     """
     return load_yaml_settings(path, TrainConfig, overrides)
+
+
+# What asd train --data runs without --config (development/configs/, found as
+# asd.train_help.configs_dir finds it): DCASE folders train as they always did, with their
+# attributes; any other folder with the attribute-free classes.
+DCASE_RECIPE = "toycar.yaml"
+ATTRIBUTE_FREE_RECIPE = "attribute_free.yaml"
+
+
+def machine_name(folder: str | Path) -> str:
+    """The machine type a folder names: its own name, or its parent's for a ``train/``
+    folder (``press-07/train`` -> ``press-07``)."""
+    folder = Path(os.path.abspath(os.path.expanduser(str(folder))))
+    return folder.parent.name if folder.name == "train" else folder.name
+
+
+def folder_train_config(data: str | Path, name: str | None = None, config: str | Path | None = None,
+                        overrides: list[str] | None = None) -> tuple[TrainConfig, str]:
+    """The training run of ``asd train --data FOLDER [--name NAME] [--config YAML]``.
+
+    ``data_dir`` is FOLDER; the machine type is NAME or FOLDER's name
+    (:func:`machine_name`), the model name the same with characters TF Serving's model
+    names avoid replaced by ``_``. Without ``config``, the recipe is
+    ``development/configs/toycar.yaml`` when FOLDER's training clips all carry DCASE names
+    (attributes included, as ``asd train --config`` trains them) and
+    ``attribute_free.yaml`` otherwise (:data:`ATTRIBUTE_FREE_RECIPE`).
+
+    Returns
+    -------
+    config : TrainConfig
+    recipe : str
+        The YAML file the run starts from.
+
+    Raises
+    ------
+    ConfigError, FileNotFoundError
+        No such folder or no clip in it (:func:`asd.data.training_clips`), no recipe found.
+    """
+    from .data import training_clips
+    from .train_help import configs_dir
+
+    data = Path(os.path.expanduser(str(data)))
+    clips = training_clips(data)  # refuses a missing or empty folder at once
+    if config is None:
+        folder = configs_dir()
+        if folder is None:
+            raise ConfigError("no development/configs folder here or in the installed repository: give --config")
+        dcase = all(c.scheme != "folders" for c in clips)
+        config = folder / (DCASE_RECIPE if dcase else ATTRIBUTE_FREE_RECIPE)
+    machine_type = name or machine_name(data)
+    model_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", machine_type).strip("_.") or "model"
+    values = {"data_dir": str(data), "name": model_name, "machine_type": machine_type}
+    return load_yaml_settings(config, TrainConfig, overrides, values_set=values), str(config)

@@ -13,6 +13,20 @@ DCASE file names carry the labels. Two schemes exist:
 The machine type is the name of the folder above the split folder
 (``.../ToyCar/train/x.wav`` -> ``ToyCar``). Sources: DCASE 2020-2024 Task 2
 descriptions (Koizumi et al. 2020, Kawaguchi et al. 2021, Dohi et al. 2022, 2023).
+
+Clips with any other names (a user's own recordings, MIMII's ``00000000.wav``) take
+their labels from the folders between the listed folder and the file
+(:func:`folder_clip`, scheme ``"folders"``):
+
+- label: a ``normal/`` folder, or ``anomaly/`` or ``abnormal/`` (as MIMII has it); a
+  training clip outside them is normal;
+- domain: a ``source/`` or ``target/`` folder, else ``source``;
+- section: a ``section_XX/`` or ``id_XX/`` folder (MIMII's machine ids), else 0.
+
+Folders are searched recursively. Training clips are a ``train/`` folder's when there is
+one, else every clip under the folder but a ``test/`` folder's (:func:`training_clips`);
+test clips are a ``test/`` folder's, or the folder's own when it holds ``normal/`` and
+``anomaly/`` (``abnormal/``) folders itself (:func:`list_clips`).
 """
 
 from __future__ import annotations
@@ -23,6 +37,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 AUDIO_SUFFIXES = (".wav", ".flac")
+# folder names that label the clips below them (any depth), lower-cased
+LABEL_FOLDERS = {"normal": "normal", "anomaly": "anomaly", "abnormal": "anomaly"}
+DOMAIN_FOLDERS = ("source", "target")
+_SECTION_FOLDER = re.compile(r"^(?:section|id)_(?P<section>\d+)$")
 
 _DCASE2021 = re.compile(
     r"^section_(?P<section>\d+)_(?P<domain>source|target)_(?P<split>train|test)_"
@@ -167,6 +185,51 @@ def parse_clip_name(path: str | Path) -> ClipInfo:
     )
 
 
+def folder_clip(path: str | Path, root: str | Path, split: str | None, machine_type: str | None,
+                index: int = 0) -> ClipInfo:
+    """Labels of a clip not named the DCASE way, from the folders between ``root`` and it
+    (module docstring): ``normal/``, ``anomaly/`` or ``abnormal/`` for the label (a
+    training clip outside them is normal), ``source/`` or ``target/`` for the domain (else
+    source), ``section_XX/`` or ``id_XX/`` for the section (else 0); the innermost wins.
+
+    Examples
+    --------
+    >>> c = folder_clip("fan/id_02/abnormal/00000007.wav", "fan", "test", "fan")
+    >>> c.label, c.domain, c.section, c.scheme
+    ('anomaly', 'source', 2, 'folders')
+    >>> folder_clip("press/target/rec_1.wav", "press", "train", "press").domain
+    'target'
+    """
+    path, root = Path(path), Path(root)
+    folders = [p.lower() for p in reversed(path.relative_to(root).parts[:-1])]
+    label = next((LABEL_FOLDERS[f] for f in folders if f in LABEL_FOLDERS), "normal" if split == "train" else None)
+    domain = next((f for f in folders if f in DOMAIN_FOLDERS), "source")
+    section = next((int(m["section"]) for f in folders if (m := _SECTION_FOLDER.match(f))), 0)
+    return ClipInfo(path=path, machine_type=machine_type, section=section, domain=domain, split=split, label=label,
+                    index=index, scheme="folders")
+
+
+def has_label_folders(directory: str | Path) -> bool:
+    """True when a folder holds ``normal/`` and ``anomaly/`` (or ``abnormal/``) folders at
+    any depth (a labelled test set in MIMII's layout)."""
+    names = {p.name.lower() for p in Path(directory).rglob("*") if p.is_dir()}
+    return "normal" in names and bool(names & {"anomaly", "abnormal"})
+
+
+def _audio_files(folder: Path, exclude: Path | None = None) -> list[Path]:
+    """WAV/FLAC files under ``folder`` (recursively, sorted; hidden ones, such as macOS's
+    ``._x.wav``, and those under ``exclude`` left out)."""
+    found = []
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder).parts
+        if path.suffix.lower() not in AUDIO_SUFFIXES or any(p.startswith(".") for p in relative) or not path.is_file():
+            continue
+        if exclude is not None and path.is_relative_to(exclude):
+            continue
+        found.append(path)
+    return found
+
+
 def read_attributes_csv(path: str | Path) -> dict[str, dict[str, str]]:
     """Read a DCASE ``attributes_XX.csv`` table (2022 and later).
 
@@ -191,28 +254,30 @@ def read_attributes_csv(path: str | Path) -> dict[str, dict[str, str]]:
 
 
 def list_clips(directory: str | Path, split: str | None = None) -> list[ClipInfo]:
-    """List the DCASE clips of one machine type, sorted by file name.
+    """List the clips of one machine type, sorted by path.
 
     Parameters
     ----------
     directory : str or Path
         A machine-type folder holding ``train/`` and/or ``test/`` (e.g.
-        ``dev_data/ToyCar``), or a split folder itself.
+        ``dev_data/ToyCar``), or a split folder itself; for test clips also a folder
+        holding ``normal/`` and ``anomaly/`` (``abnormal/``) folders itself (MIMII).
     split : str, optional
         ``"train"`` or ``"test"``: list only that split's folder.
 
     Returns
     -------
     list of ClipInfo
-        Labels from the file names; where ``attributes_XX.csv`` files sit in the
-        machine-type folder, their attributes replace those parsed from the names.
+        Labels from DCASE file names, else from the folders (:func:`folder_clip`); where
+        ``attributes_XX.csv`` files sit in the machine-type folder, their attributes
+        replace those parsed from the names.
 
     Raises
     ------
     FileNotFoundError
         If the folder (or its split folder) does not exist or holds no WAV/FLAC clip.
     FileNameError
-        If a clip's name follows no DCASE scheme.
+        If a test clip's name follows no DCASE scheme and no folder labels it.
     """
     directory = Path(directory)
     if directory.name in ("train", "test") and split in (None, directory.name):
@@ -220,20 +285,61 @@ def list_clips(directory: str | Path, split: str | None = None) -> list[ClipInfo
     else:
         names = [split] if split else ["train", "test"]
         folders, machine_dir = [directory / n for n in names if (directory / n).is_dir()], directory
+        if not folders and split in (None, "test") and directory.is_dir() and has_label_folders(directory):
+            folders, machine_dir = [directory], directory  # normal/ + anomaly/ (abnormal/) test clips
     if not folders:
-        raise FileNotFoundError(f"{directory}: no {split or 'train/ or test/'} folder of clips")
+        raise FileNotFoundError(f"{directory}: no {split or 'train/ or test/'} folder of clips"
+                                + (" (nor normal/ and anomaly/ folders)" if split in (None, "test") else ""))
+    clips = []
+    for folder in folders:
+        folder_split = folder.name if folder.name in ("train", "test") else "test"
+        clips += _clips_in(folder, folder_split, machine_dir)
+    if not clips:
+        raise FileNotFoundError(f"{directory}: no .wav or .flac clips in {', '.join(map(str, folders))}")
+    return clips
+
+
+def _clips_in(folder: Path, split: str, machine_dir: Path, exclude: Path | None = None) -> list[ClipInfo]:
+    """The clips under ``folder``: DCASE names parsed, other names labelled by their folders."""
     attributes: dict[str, dict[str, str]] = {}
     for table in sorted(machine_dir.glob("attributes_*.csv")):
         attributes.update(read_attributes_csv(table))
+    machine_type = machine_dir.name or None
     clips = []
-    for folder in folders:
-        for path in sorted(folder.iterdir()):
-            if path.suffix.lower() not in AUDIO_SUFFIXES:
-                continue
+    for index, path in enumerate(_audio_files(folder, exclude), 1):
+        try:
             info = parse_clip_name(path)
-            if path.name in attributes:
-                info = ClipInfo(**{**info.__dict__, "attributes": attributes[path.name]})
-            clips.append(info)
+            if info.machine_type is None:  # deeper than <machine_type>/<split>/
+                info = ClipInfo(**{**info.__dict__, "machine_type": machine_type})
+        except FileNameError as exc:
+            info = folder_clip(path, folder, split, machine_type, index)
+            if info.label is None:
+                raise FileNameError(f"{exc}; or put the clip in a normal/ or anomaly/ (abnormal/) folder") from None
+        if path.name in attributes:
+            info = ClipInfo(**{**info.__dict__, "attributes": attributes[path.name]})
+        clips.append(info)
+    return clips
+
+
+def training_clips(directory: str | Path) -> list[ClipInfo]:
+    """The training clips of a folder: its ``train/`` folder's when it has one (DCASE),
+    else every clip under it (recursively) but its ``test/`` folder's. Names are DCASE's
+    or any (labelled by their folders: :func:`folder_clip`); anomalous clips included
+    (the caller leaves them out).
+
+    Raises
+    ------
+    FileNotFoundError
+        No such folder, or no WAV/FLAC clip in it.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: no such folder")
+    if (directory / "train").is_dir():
+        return list_clips(directory, split="train")
+    if directory.name == "train":
+        return list_clips(directory)
+    clips = _clips_in(directory, "train", directory, exclude=directory / "test")
     if not clips:
-        raise FileNotFoundError(f"{directory}: no .wav or .flac clips in {', '.join(map(str, folders))}")
+        raise FileNotFoundError(f"{directory}: no .wav or .flac clips in it or its sub-folders")
     return clips

@@ -35,8 +35,11 @@ combine STFT and whole-clip FFT branches trained with sub-cluster AdaCos (Wilkin
   (``featex``; Wilkinghoff, "Self-Supervised Learning for Anomalous Sound Detection",
   ICASSP 2024, arXiv 2312.09578): a second sub-cluster AdaCos head classifies embeddings
   whose FFT-branch part was swapped with another clip's (:func:`featex_batch`); and
-  ``labels: none``, which trains on FeatEx's self-supervised classes alone, so a folder of
-  plain normal WAVs with no attributes trains a model.
+  ``labels: none`` or ``domains``, which train on FeatEx's self-supervised classes (with
+  the domains as classes), so a folder of plain normal WAVs with no attributes trains a
+  model (``development/configs/attribute_free.yaml``).
+- Deterministic on CPU: TensorFlow's op determinism is enabled when training starts and
+  every random draw is seeded (weights, data order, mixup, FeatEx, crops).
 - Scoring: a cosine reference-bank backend of :mod:`asd.detectors.backends` on the
   concatenated embedding; with ``n_models`` > 1 the mean over an ensemble of seeds.
 
@@ -51,6 +54,7 @@ graph.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Literal
 
@@ -70,6 +74,22 @@ from .spectrum import SpectrumAdaCosDetector, _cross_entropy, mixup, whole_clip_
 # Trained networks by (training set, seed, settings other than the backend's): the
 # benchmark's rows that differ only in their scoring backend share one training per seed.
 _FITTED_NETWORKS: dict[tuple, tuple] = {}
+
+
+@contextlib.contextmanager
+def deterministic_ops():
+    """TensorFlow's op determinism (``tf.config.experimental.enable_op_determinism``:
+    deterministic kernels, or an error for an op that has none) while the block runs; the
+    earlier state after it, so that serving in the same process is not slowed."""
+    from tensorflow.python.framework import config as tf_config
+
+    was = tf_config.is_op_determinism_enabled()
+    tf.config.experimental.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if not was:
+            tf_config.disable_op_determinism()
 
 
 def unit_rms(waveforms: tf.Tensor) -> tf.Tensor:
@@ -221,9 +241,10 @@ class MultiSpecAdaCosDetector(ServableDetector):
         smote_neighbours: int = Field(default=2, gt=0)
         kmeans_centres: int = Field(default=16, gt=0)
         rescale_k: int = Field(default=4, gt=0)
-        labels: Literal["attributes", "none"] = Field(
+        labels: Literal["attributes", "domains", "none"] = Field(
             default="attributes", description="classes of the auxiliary task: the clips' attribute strings (the domain "
-            "where a clip has none), or none at all: self-supervised classes only (needs featex)")
+            "where a clip has none), their domains only (no attributes needed), or none at all: self-supervised "
+            "classes only (needs featex)")
         featex: bool = Field(default=False, description="feature exchange (FeatEx, Wilkinghoff ICASSP 2024): also "
                              "classify embeddings whose FFT-branch part comes from another clip")
         featex_probability: float = Field(default=0.5, ge=0, le=1, description="share of a batch's rows exchanged")
@@ -354,6 +375,12 @@ class MultiSpecAdaCosDetector(ServableDetector):
                 self.params.model_dump_json(exclude=scoring))
 
     def fit(self, train: ClipSet, run_dir=None, log=print):
+        # deterministic on CPU (same config and seed, same weights): TensorFlow's
+        # deterministic kernels, with every random draw seeded (weights, data order, mixup)
+        with deterministic_ops():
+            return self._fit(train, run_dir, log)
+
+    def _fit(self, train: ClipSet, run_dir=None, log=print):
         started = time.monotonic()
         key = self._network_key(train)
         if key in _FITTED_NETWORKS:  # same networks and their embeddings, another backend (asd benchmark's rows)
@@ -366,10 +393,14 @@ class MultiSpecAdaCosDetector(ServableDetector):
                          "networks_reused": True, "seconds": round(time.monotonic() - started, 1)}
             return self
         waves = self.waveforms(train)
-        # attribute-free: one class, so only FeatEx's self-supervised classes teach anything
-        names = ([a or d for a, d in zip(train.attributes, train.domains)] if self.params.labels == "attributes"
-                 else ["normal"] * len(train))
+        # attribute-free: the domains, or one class, so that FeatEx's self-supervised classes teach the rest
+        names = {"attributes": lambda: [a or d for a, d in zip(train.attributes, train.domains)],
+                 "domains": lambda: list(train.domains), "none": lambda: ["normal"] * len(train)}[self.params.labels]()
         classes = sorted(set(names))
+        if len(classes) < 2 and not self.params.featex:
+            raise ValueError(f"multispec_scac: the training clips make one class ({classes[0]}) for labels: "
+                             f"{self.params.labels}, which leaves nothing to learn; set model.featex=true (FeatEx's "
+                             "self-supervised classes), as development/configs/attribute_free.yaml does")
         y = np.eye(len(classes), dtype=np.float32)[[classes.index(n) for n in names]]
         target = np.flatnonzero(train.domains == "target")
         index = np.concatenate([np.arange(len(waves))] + [target] * (self.params.target_oversampling - 1))
