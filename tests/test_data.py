@@ -64,3 +64,54 @@ def test_listing_a_folder_without_clips_says_so(tmp_path):
     (tmp_path / "test").mkdir()
     with pytest.raises(FileNotFoundError, match="no .wav or .flac"):
         list_clips(tmp_path, split="test")
+
+
+def _touch(root, *paths):
+    for path in paths:
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_bytes(b"")
+
+
+def test_any_names_train_from_the_folder_or_its_train_folder(tmp_path):
+    """Any names, found recursively (hidden files and test/ left out); domains from
+    source/ and target/ folders, else source; a train/ folder wins when there is one."""
+    from asd.data import training_clips
+
+    _touch(tmp_path / "press-07", "2026-11-03/a.wav", "target/day2/b.FLAC", "c.flac", ".d.wav", "notes.txt",
+           "test/normal/x.wav", "._e.wav")
+    clips = training_clips(tmp_path / "press-07")
+    assert [c.path.name for c in clips] == ["a.wav", "c.flac", "b.FLAC"]
+    assert [c.domain for c in clips] == ["source", "source", "target"]
+    assert {(c.label, c.split, c.machine_type, c.scheme, c.section) for c in clips} == {
+        ("normal", "train", "press-07", "folders", 0)}
+    _touch(tmp_path / "press-07", "train/only.wav")
+    assert [c.path.name for c in training_clips(tmp_path / "press-07")] == ["only.wav"]
+    with pytest.raises(FileNotFoundError, match="no .wav or .flac clips"):
+        training_clips(_empty(tmp_path))
+
+
+def _empty(tmp_path):
+    (tmp_path / "empty").mkdir()
+    return tmp_path / "empty"
+
+
+def test_labelled_test_folders_in_mimii_layout(tmp_path):
+    """normal/ and abnormal/ (or anomaly/) folders label test clips, a test/ folder's or the
+    folder's own; id_XX/ names the section; a clip no folder labels is refused."""
+    _touch(tmp_path / "fan", "id_02/normal/00000000.wav", "id_02/abnormal/00000000.wav", "id_04/anomaly/1.wav")
+    clips = list_clips(tmp_path / "fan", split="test")
+    assert [(c.section, c.label, c.domain) for c in clips] == [(2, "anomaly", "source"), (2, "normal", "source"),
+                                                               (4, "anomaly", "source")]
+    _touch(tmp_path / "press", "test/target/normal/a.wav", "test/source/anomaly/b.wav", "train/c.wav")
+    assert [(c.domain, c.label, c.split) for c in list_clips(tmp_path / "press", split="test")] == [
+        ("source", "anomaly", "test"), ("target", "normal", "test")]
+    _touch(tmp_path / "press", "test/unlabelled.wav")
+    with pytest.raises(FileNameError, match="not a DCASE clip name.*normal/ or anomaly/"):
+        list_clips(tmp_path / "press", split="test")
+
+
+def test_dcase_names_keep_their_labels_and_attributes():
+    """The subset's DCASE folder lists as it always did."""
+    clips = list_clips(SUBSET, split="test")
+    assert {c.scheme for c in clips} == {"dcase2021+"} and len(clips) == 8
+    assert all(c.attributes and c.machine_type == "ToyCar" for c in clips)

@@ -191,6 +191,9 @@ def train_epilog(width: int | None = None) -> str:
     ], width)))
 
     parts.append(_section("examples", "\n".join([
+        "  # your own recordings: a folder of one machine's normal clips, any names (source/ and target/",
+        "  # sub-folders name domains; a test/ folder with normal/ and anomaly/ is evaluated); no YAML",
+        "  asd train --data ~/recordings/press-07 --name press07",
         "  # the shipped default model's settings (multispec_scac), ~10 min on 2 CPU cores",
         "  ASD_DATA_DIR=../shared/data asd train --config development/configs/toycar.yaml",
         "  # a quick conv_ae on the clips in tests/data, no evaluation",
