@@ -62,7 +62,7 @@ def test_every_part_is_measured_for_every_shipped_version(report):
     for heading in ("## Targets", "## Scoring", "## One 12 s clip through a server", "## Training",
                     "## Memory (peak RSS)", "## Ingest", "## The naive way, side by side"):
         assert heading in markdown
-    assert len(data["headline"]) == 2 * len(versions) + 1 + 2  # and ingest into SQLite and PostgreSQL
+    assert len(data["headline"]) == 2 * len(versions) + 1 + 2 + 1  # and ingest into SQLite and PostgreSQL, baseline cost
     assert "quick mode" in markdown
 
 
@@ -91,9 +91,25 @@ def _check_ingest(ingest: dict, n_clips: int, n_machines: int) -> None:
             assert rate is None or rate > 0
 
 
+def _check_baseline_cost(baseline: dict) -> None:
+    """The baseline-cost fields exist and are sane (the quick run: 2 machines, a baseline
+    of 4 clips, 4 more clips each, timed with and without their baselines)."""
+    assert (baseline["baseline_clips"], baseline["n_machines"], baseline["n_clips"]) == (4, 2, 8)
+    assert baseline["version"] == max(versions_of(SHIPPED_MODELS / "toycar"))
+    assert baseline["with_s"]["min"] > 0 and baseline["without_s"]["min"] > 0
+    assert baseline["overhead"]["n"] == baseline["cost_ms_per_clip"]["n"] == baseline["repeats"]
+    for w, o, cost in zip(baseline["with_s"]["values"], baseline["without_s"]["values"],
+                          baseline["cost_ms_per_clip"]["values"]):
+        assert cost == pytest.approx((w - o) / 8 * 1000, abs=0.01)
+
+
 def test_ingest_is_measured_against_asd_score(report):
     data, markdown = report
     _check_ingest(data["ingest"], 16, 2)  # quick: the 8 subset clips twice, in 2 machine folders
+    _check_baseline_cost(data["ingest"]["baseline"])
+    [row] = [r for r in data["headline"] if "machine baseline" in r["what"]]
+    assert row["target"] == "<= 10 % more time a clip" and row["met"] in (True, False)
+    assert "**A machine baseline of 4 clips**" in markdown
     rows = [r for r in data["headline"] if "asd monitor --once" in r["what"]]
     assert [("SQLite" in r["what"], "PostgreSQL" in r["what"]) for r in rows] == [(True, False), (False, True)]
     for row in rows:

@@ -65,6 +65,7 @@ TARGETS = {
     "rest_p95_ms": 40.0,
     "epoch_s": 30.0,  # one conv AE epoch over the ToyCar training clips: at most
     "ingest_vs_score": 0.8,  # asd monitor --once's clips/s over asd score's, same clips and model: at least
+    "baseline_overhead": 0.10,  # a machine baseline of 50 clips adds to asd monitor's time per clip: at most
 }
 #: What ``asd bench --sections`` may choose (default: all); each names report keys
 SECTIONS = {"scoring": ("scoring",), "serving": ("rest", "grpc", "app"), "training": ("training", "feature_caching"),
@@ -712,14 +713,30 @@ def machine_folders(clips: list[Path], root: Path, n_clips: int, n_machines: int
     return [f for f in folders if f]
 
 
+def _monitor_env(root: Path) -> dict:
+    """The environment of a measured ``asd monitor``: its data home under ``root``, and no
+    database or clip store of the caller's."""
+    env = {**_env(), "ASD_HOME": str(root / "home")}
+    for key in ("ASD_DB_URL", "ASD_CLIP_STORE"):
+        env.pop(key, None)
+    return env
+
+
 def _monitor_run(settings: BenchSettings, version: int, folder: Path, db_url: str, clip_store: Path, env: dict,
-                 n_clips: int) -> dict:
-    """``asd monitor --once`` over ``folder`` into ``db_url`` (empty), checked: every clip stored."""
+                 n_clips: int, extra: tuple = ()) -> dict:
+    """``asd monitor --once`` over ``folder`` into ``db_url`` (empty, or holding ``n_clips``
+    fewer clips than it will), checked: every clip stored."""
     from ..monitoring.store import open_store
 
+    before = 0
+    if db_url.startswith("sqlite:///") and Path(db_url[len("sqlite:///"):]).exists():
+        store = open_store(db_url)
+        before = store.counts()["clips"]
+        store.close()
     run = run_measured([
         sys.executable, "-m", "asd.cli", "monitor", "--once", str(folder), "--db", db_url, "--clip-store",
         str(clip_store), "--model", str(settings.models), "--name", settings.name, "--model-version", str(version),
+        *extra,
     ], env=env)
     if run["returncode"] != 0:
         raise RuntimeError(f"asd monitor failed ({run['returncode']}): {run['stderr'][-2000:]}")
@@ -728,8 +745,8 @@ def _monitor_run(settings: BenchSettings, version: int, folder: Path, db_url: st
         counts = store.counts()
     finally:
         store.close()
-    if counts["clips"] != n_clips:
-        raise RuntimeError(f"asd monitor stored {counts['clips']} clips of {n_clips}: {run['stderr'][-2000:]}")
+    if counts["clips"] - before != n_clips:
+        raise RuntimeError(f"asd monitor stored {counts['clips'] - before} clips of {n_clips}: {run['stderr'][-2000:]}")
     run["stored"], run["scored"], run["alerts"] = counts["clips"], counts["scores"], counts["alerts"]
     return run
 
@@ -800,9 +817,7 @@ def measure_ingest(settings: BenchSettings, clips: list[Path], workdir: Path, lo
     small_root = root / "small"  # a copy of the first folder (the monitor follows no symlinks)
     shutil.copytree(folders[0][0].parent, small_root / folders[0][0].parent.name)
     full_root = root / "clips"
-    env = {**_env(), "ASD_HOME": str(root / "home")}
-    for key in ("ASD_DB_URL", "ASD_CLIP_STORE"):
-        env.pop(key, None)
+    env = _monitor_env(root)
     repeats = max(1, (settings.repeats + 1) // 2)
     log(f"ingest: {n_full} clips in {len(folders)} machine folders (and {n_small} in one), v{version}, "
         f"{repeats} run(s) each ...")
@@ -851,6 +866,60 @@ def measure_ingest(settings: BenchSettings, clips: list[Path], workdir: Path, lo
     for key in ("sqlite", "postgresql"):
         rate = result[key].get("clips_per_s")
         result["ratio"][key] = round(rate["median"] / base["median"], 3) if rate and base else None
+    return result
+
+
+def measure_baseline_cost(settings: BenchSettings, clips: list[Path], workdir: Path, baseline_clips: int = 50,
+                          n_machines: int = 10, run_clips: int = 20, log=print) -> dict:
+    """What a machine baseline of ``baseline_clips`` clips adds to ``asd monitor --once``'s
+    time per clip (issue 29): ``n_machines`` machines are commissioned on
+    ``baseline_clips`` clips each (a first run, not timed), then the same
+    ``n_machines x run_clips`` new clips are monitored (a) into that database, each judged
+    against its machine's baseline (clip score, window, threshold), and (b) into an empty
+    database with ``--baseline-clips 0`` (the model's verdict); both are new processes
+    with the same start-up, so ``(a - b) / clips`` is the cost a clip, and its share of (b)'s
+    time per clip the overhead. ``max(1, (repeats + 1) // 2)`` pairs, in turn.
+
+    Returns
+    -------
+    dict
+        ``version``, ``baseline_clips``, ``n_machines``, ``n_clips`` (timed clips),
+        ``with_s``/``without_s`` (wall seconds), ``cost_ms_per_clip`` and ``overhead``
+        (spreads over pairs); ``{"skipped": reason}`` for a model without an embedding
+        output (no baselines).
+    """
+    from ..metadata import ModelMetadata
+
+    version = max(versions(settings.models / settings.name))
+    root = workdir / "baseline_cost"
+    machine_folders(clips, root / "commission", n_machines * baseline_clips, n_machines)
+    run = machine_folders(list(reversed(clips)), root / "run", n_machines * run_clips, n_machines)
+    n_run = sum(map(len, run))
+    meta = ModelMetadata.read(settings.models / settings.name / str(version))
+    if meta.detector != "multispec_scac":
+        return {"skipped": f"v{version} ({meta.detector}) has no embedding output: no baselines"}
+    env = _monitor_env(root)
+    repeats = max(1, (settings.repeats + 1) // 2)
+    log(f"baseline cost: {n_machines} machines commissioned on {baseline_clips} clips each, then {n_run} clips "
+        f"with and without their baselines, v{version}, {repeats} pair(s) ...")
+    with_s, without_s = [], []
+    for r in range(repeats):
+        seeded = f"sqlite:///{root / f'with-{r}.db'}"
+        _monitor_run(settings, version, root / "commission", seeded, root / f"store-{r}", env,
+                     n_machines * baseline_clips, ("--baseline-clips", str(baseline_clips)))
+        timed = _monitor_run(settings, version, root / "run", seeded, root / f"store-{r}", env, n_run,
+                             ("--baseline-clips", str(baseline_clips)))
+        plain = _monitor_run(settings, version, root / "run", f"sqlite:///{root / f'without-{r}.db'}",
+                             root / f"plain-store-{r}", env, n_run, ("--baseline-clips", "0"))
+        with_s.append(timed["seconds"])
+        without_s.append(plain["seconds"])
+    costs = [(w - o) / n_run * 1000 for w, o in zip(with_s, without_s)]
+    overheads = [(w - o) / o for w, o in zip(with_s, without_s)]
+    result = {"version": version, "baseline_clips": baseline_clips, "n_machines": n_machines, "n_clips": n_run,
+              "repeats": repeats, "with_s": spread(with_s, 2), "without_s": spread(without_s, 2),
+              "cost_ms_per_clip": spread(costs, 2), "overhead": spread(overheads, 3)}
+    log(f"  a baseline of {baseline_clips} clips: {result['cost_ms_per_clip']['median']:g} ms a clip, "
+        f"{result['overhead']['median'] * 100:.1f} % of the monitor's time")
     return result
 
 
@@ -965,6 +1034,10 @@ def run_bench(settings: BenchSettings, log=print) -> dict:
             report["training"] = measure_training(settings, workdir, log)
         if "ingest" in sections:
             report["ingest"] = measure_ingest(settings, clips, workdir, log)
+            small = settings.quick  # the quick run: 2 machines, a baseline of 4, 4 clips each
+            report["ingest"]["baseline"] = measure_baseline_cost(
+                settings, clips, workdir, baseline_clips=4 if small else 50, n_machines=2 if small else 10,
+                run_clips=4 if small else 20, log=log)
     if "training" in sections:
         log("training epochs with cached vs recomputed features ...")
         report["feature_caching"] = measure_feature_caching(settings, 1 if settings.quick else 2, log)
@@ -1016,6 +1089,16 @@ def headline(report: dict) -> list[dict]:
             else:
                 row.update(measured=f"{rate['median']:g} clips/s ({ratio * 100:.0f} %)",
                            met=ratio >= TARGETS["ingest_vs_score"])
+            rows.append(row)
+        b = i.get("baseline")
+        if b:
+            row = {"what": f"a machine baseline of {b.get('baseline_clips', 50)} clips in `asd monitor` (v{b.get('version', '?')})",
+                   "target": f"<= {TARGETS['baseline_overhead'] * 100:g} % more time a clip"}
+            if "skipped" in b:
+                row.update(measured=f"skipped: {b['skipped']}", met=None)
+            else:
+                row.update(measured=f"{b['cost_ms_per_clip']['median']:g} ms a clip ({b['overhead']['median'] * 100:.1f} %)",
+                           met=b["overhead"]["median"] <= TARGETS["baseline_overhead"])
             rows.append(row)
     return rows
 
@@ -1253,4 +1336,15 @@ def _ingest_markdown(i: dict) -> list[str]:
                      f"{counted} | {r['peak_rss_mb']['median']:g} |")
     if score["clips_per_s"] is None:
         lines += ["", "`asd score`'s start-up outweighed its extra clips here: no ratio."]
+    b = i.get("baseline")
+    if b and "skipped" in b:
+        lines += ["", f"Baseline cost: skipped ({b['skipped']})."]
+    elif b:
+        lines += ["", f"**A machine baseline of {b['baseline_clips']} clips** (issue 29): {b['n_machines']} machines "
+                  f"commissioned on {b['baseline_clips']} clips each, then the same {b['n_clips']} new clips monitored "
+                  "into that database (each judged against its machine's baseline: clip score, window, threshold) and "
+                  "into an empty one with `--baseline-clips 0`, new processes with the same start-up, SQLite, "
+                  f"v{b['version']}: {_range(b['with_s'], ' s')} against {_range(b['without_s'], ' s')}, "
+                  f"{_range(b['cost_ms_per_clip'], ' ms')} a clip, {b['overhead']['median'] * 100:.1f} % of the "
+                  f"monitor's time per clip (target <= {TARGETS['baseline_overhead'] * 100:g} %)."]
     return lines
