@@ -146,3 +146,31 @@ def test_asd_baseline_adds_and_resets_and_the_monitor_commissions_again(tmp_path
     assert "car-D2: commissioning (1 of 10)" in asd("baseline", "--db", db_url, "--machine", "car-D2", "--show").stderr
     audit = json.loads(asd("audit", "--db", db_url, "--format", "json").stdout)
     assert [(e["who"], e["action"]) for e in reversed(audit)] == [("J. Doe", "add to baseline"), ("J. Doe", "reset baseline")]
+
+
+@pytest.mark.full_data
+def test_a_new_model_version_embeds_the_baselines_again_from_the_clip_store(tmp_path):
+    db_url = f"sqlite:///{tmp_path / 'm.db'}"
+    incoming = _feed(tmp_path / "incoming", full_data_or_skip())
+    models = tmp_path / "models"
+    for version in ("4", "5"):
+        shutil.copytree(SHIPPED_MODELS / "toycar" / version, models / "toycar" / version)
+    _monitor(db_url, incoming, "--model", models)
+    shutil.rmtree(incoming)  # the incoming folder is cleaned: baseline clips live on in the clip store
+    # a new version appears: v4 re-exported with its embedding once more (v6, the same network as v5)
+    resaved = asd("resave", "--model", models, "--name", "toycar", "--model-version", "4", "--add-embedding",
+                  timeout=600)
+    assert resaved.returncode == 0 and (models / "toycar" / "6" / "saved_model.pb").is_file(), resaved.stderr
+    (incoming / "car-C2").mkdir(parents=True)
+    run = _monitor(db_url, incoming, "--model", models)
+    for machine in MACHINES:
+        assert f"{machine}: scored 0 (none), failed 0, 10 baseline clip(s) embedded again" in run.stderr, run.stderr
+    shown = asd("baseline", "--db", db_url, "--machine", "car-C2", "--show", "--format", "json")
+    assert "car-C2: baseline of 10 clips (toycar v5)" in shown.stderr  # the newest score is still v5's
+    rows = json.loads(shown.stdout)
+    assert sorted({r["model_version"] for r in rows}) == [5, 6] and len(rows) == 20
+    v5 = {r["clip_id"]: r["model_score"] for r in rows if r["model_version"] == 5}
+    v6 = {r["clip_id"]: r["model_score"] for r in rows if r["model_version"] == 6}
+    assert v5.keys() == v6.keys() and all(abs(v5[c] - v6[c]) < 1e-6 for c in v5)  # the same network: same scores
+    again = _monitor(db_url, incoming, "--model", models)
+    assert "embedded again" not in again.stderr
