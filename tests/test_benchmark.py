@@ -125,3 +125,30 @@ def test_benchmark_prints_a_line_per_epoch_while_a_row_trains(tmp_path):
     assert all("loss " in line and line.endswith(" s") for line in epochs)
     figures = next(i for i, line in enumerate(lines) if line.startswith("[conv_ae] seed 7: official "))
     assert lines.index(epochs[-1]) < figures
+
+
+def test_benchmark_reads_plain_names_and_mimii_test_folders(tmp_path):
+    """The subset renamed: train/rec_NNN.flac (no DCASE name, no attributes; target clips
+    in train/target/) and test/<domain>/normal|abnormal/NNNNNNNN.flac (MIMII): knn_stats
+    gives the same figures as on the DCASE names."""
+    import shutil
+
+    plain = tmp_path / "plain"
+    for i, clip in enumerate(sorted((SUBSET / "train").glob("*.flac"))):
+        where = plain / "train" / ("target" if "_target_" in clip.name else "")
+        where.mkdir(parents=True, exist_ok=True)
+        shutil.copy(clip, where / f"rec_{i:03d}.flac")
+    for i, clip in enumerate(sorted((SUBSET / "test").glob("*.flac"))):
+        where = plain / "test" / ("target" if "_target_" in clip.name else "source") / (
+            "abnormal" if "_anomaly_" in clip.name else "normal")
+        where.mkdir(parents=True, exist_ok=True)
+        shutil.copy(clip, where / f"{i:08d}.flac")
+    figures = []
+    for data in (SUBSET, plain):
+        out = tmp_path / f"out_{data.name}"
+        assert main(["benchmark", "--data", str(data), "--detectors", "knn_stats", "--out", str(out), "--seeds", "1"]) == 0
+        results = json.loads((out / "results.json").read_text())
+        run = results["detectors"]["knn_stats"]["runs"][0]
+        figures.append([results["n_train_clips"], results["n_test_clips"],
+                        *(run[k] for k in ("auc_source", "auc_target", "pauc", "official_score"))])
+    assert figures[0] == figures[1] and figures[0][:2] == [10, 8]
