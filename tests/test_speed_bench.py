@@ -100,7 +100,7 @@ def _check_baseline_cost(baseline: dict) -> None:
     assert baseline["overhead"]["n"] == baseline["cost_ms_per_clip"]["n"] == baseline["repeats"]
     for w, o, cost in zip(baseline["with_s"]["values"], baseline["without_s"]["values"],
                           baseline["cost_ms_per_clip"]["values"]):
-        assert cost == pytest.approx((w - o) / 8 * 1000, abs=0.01)
+        assert cost == pytest.approx((w - o) / 8 * 1000, abs=0.05)  # the seconds are kept to 0.1 ms
 
 
 def test_ingest_is_measured_against_asd_score(report):

@@ -636,7 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_resave)
     from .monitoring.cli import add_commands as add_monitoring_commands
 
-    add_monitoring_commands(sub, _add_backend_options)
+    add_monitoring_commands(sub, _add_backend_options, _detector)
     return parser
 
 

@@ -18,6 +18,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .features import FeatureConfig
 from .validation import validation_problems
 
+CONFIGS_DIR = Path("development") / "configs"
+REPO = Path(__file__).resolve().parents[2]  # an editable install's repository
+
+
+def configs_dir() -> Path | None:
+    """``development/configs`` of the working directory (where ``asd`` runs, the
+    repository root), else of the repository this package is installed from; ``None``
+    when neither exists (a wheel installed elsewhere)."""
+    for candidate in (CONFIGS_DIR, REPO / CONFIGS_DIR):
+        if candidate.is_dir():
+            return candidate
+    return None
+
 
 class ConfigError(ValueError):
     """A configuration file or override that cannot be used."""
@@ -211,7 +224,6 @@ def folder_train_config(data: str | Path, name: str | None = None, config: str |
         No such folder or no clip in it (:func:`asd.data.training_clips`), no recipe found.
     """
     from .data import training_clips
-    from .train_help import configs_dir
 
     data = Path(os.path.expanduser(str(data)))
     clips = training_clips(data)  # refuses a missing or empty folder at once

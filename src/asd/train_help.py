@@ -18,25 +18,13 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel
 
-from .config import TrainConfig
+from .config import CONFIGS_DIR, TrainConfig, configs_dir
 from .detectors import DETECTORS
 from .features import FeatureConfig
 
-CONFIGS_DIR = Path("development") / "configs"
-REPO = Path(__file__).resolve().parents[2]  # an editable install's repository
 # The registry's module of the scikit-learn detectors: asd train refuses them (TF Serving
 # cannot serve them); tests/test_train_help.py checks this against the classes.
 SCIKIT_LEARN_MODULE = "classical"
-
-
-def configs_dir() -> Path | None:
-    """``development/configs`` of the working directory (where ``asd`` runs, the
-    repository root), else of the repository this package is installed from; ``None``
-    when neither exists (a wheel installed elsewhere)."""
-    for candidate in (CONFIGS_DIR, REPO / CONFIGS_DIR):
-        if candidate.is_dir():
-            return candidate
-    return None
 
 
 def config_summary(path: Path) -> str:

@@ -79,7 +79,6 @@ def _detector_when_up(args, make_detector, stop):
 
 
 def cmd_monitor(args) -> int:
-    from ..cli import _detector
     from .alerts import load_rules
     from .store import default_clip_store, open_store
     from .watch import Monitor, MonitorError
@@ -102,7 +101,7 @@ def cmd_monitor(args) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    detector = _detector_when_up(args, _detector, stop)
+    detector = _detector_when_up(args, args.make_detector, stop)
     if detector is None:
         store.close()
         return 0
@@ -316,9 +315,11 @@ def cmd_audit(args) -> int:
     return 0
 
 
-def add_commands(sub, add_backend_options) -> None:
+def add_commands(sub, add_backend_options, make_detector) -> None:
     """Register ``monitor``, ``db``, ``history``, ``alerts``, ``baseline`` and ``audit`` on ``sub`` (the main
-    parser's subparsers); ``add_backend_options`` adds ``--model``/``--server``/``--name``."""
+    parser's subparsers); ``add_backend_options`` adds ``--model``/``--server``/``--name``,
+    ``make_detector(args)`` builds the model from them (both :mod:`asd.cli`'s, passed in so
+    that this module does not import it back)."""
     p = sub.add_parser("monitor", help="score every clip of every machine once into a database, and raise alerts",
                        description=MONITOR_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_backend_options(p)
@@ -345,7 +346,7 @@ def add_commands(sub, add_backend_options) -> None:
     p.add_argument("--window", type=int, default=DEFAULT_WINDOW, metavar="N",
                    help=f"with a baseline, the verdict is on the mean of a machine's last N clip scores (default "
                         f"{DEFAULT_WINDOW}), against its threshold fitted from its baseline alone")
-    p.set_defaults(func=cmd_monitor)
+    p.set_defaults(func=cmd_monitor, make_detector=make_detector)
 
     p = sub.add_parser("baseline", help="a machine's healthy baseline: show it, add clips, or reset it",
                        description="A machine's baseline is the embeddings of clips marked healthy, per model "
