@@ -102,6 +102,16 @@ def _sign_in(page, url: str, who: str) -> None:
     page.get_by_text(f"Signed in as {who}").wait_for()
 
 
+def _publish_as_admin(page, url: str, latest: int) -> None:
+    """Sign in as the admin, upload the subset's target normals on Calibrate, publish."""
+    _sign_in(page, url, ADMIN)
+    page.goto(f"{url}/Calibrate")
+    page.get_by_text("Normal recordings of the machine as it runs now").wait_for()
+    _upload(page, *TARGET_NORMALS)
+    page.get_by_role("button", name=re.compile(r"Publish a new version with \d+ recording")).click()
+    page.get_by_text(re.compile(rf"Published toycar v{latest + 1}")).wait_for()
+
+
 def test_an_anonymous_visitor_sees_only_the_sign_in_button(browser, signin_app):
     url, _, _ = signin_app
     context, page = _page(browser)
@@ -131,12 +141,7 @@ def test_a_viewer_scores_but_has_no_publish_step(browser, signin_app):
 def test_an_admin_publishes_and_the_version_records_who(browser, signin_app):
     url, models, latest = signin_app
     context, page = _page(browser)
-    _sign_in(page, url, ADMIN)
-    page.goto(f"{url}/Calibrate")
-    page.get_by_text("Normal recordings of the machine as it runs now").wait_for()
-    _upload(page, *TARGET_NORMALS)
-    page.get_by_role("button", name=re.compile(r"Publish a new version with \d+ recording")).click()
-    page.get_by_text(re.compile(rf"Published toycar v{latest + 1}")).wait_for()
+    _publish_as_admin(page, url, latest)
     _shot(page, "22_admin_published")
     meta = json.loads((models / "toycar" / str(latest + 1) / "assets.extra" / "asd_metadata.json").read_text())
     by = meta["enrolment"]["published_by"]
@@ -228,12 +233,7 @@ def test_behind_serving_an_admin_publishes_into_the_shared_folder_and_serving_lo
 
     url, serving, models, latest = server_mode_app
     context, page = _page(browser)
-    _sign_in(page, url, ADMIN)
-    page.goto(f"{url}/Calibrate")
-    page.get_by_text("Normal recordings of the machine as it runs now").wait_for()
-    _upload(page, *TARGET_NORMALS)
-    page.get_by_role("button", name=re.compile(r"Publish a new version with \d+ recording")).click()
-    page.get_by_text(re.compile(rf"Published toycar v{latest + 1}")).wait_for()
+    _publish_as_admin(page, url, latest)
     context.close()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # the stand-in polls the folder as TF Serving does

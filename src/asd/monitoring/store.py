@@ -374,6 +374,16 @@ class Store:
             query = query.where(BaselineClip.model_name == model_name, BaselineClip.model_version == model_version)
         return list(session.scalars(query.order_by(BaselineClip.id).options(selectinload(BaselineClip.clip))))
 
+    def baseline_key(self, session: Session, machine: Machine, model_name: str, model_version: int) -> tuple[int, int]:
+        """``(size, newest row id)`` of the machine's baseline for a model version: one
+        aggregate query, which changes whenever clips are added or the baseline is reset,
+        so that the rows themselves are read only then."""
+        size, newest = session.execute(
+            select(func.count(), func.max(BaselineClip.id)).where(
+                BaselineClip.machine_id == machine.id, BaselineClip.removed_at.is_(None),
+                BaselineClip.model_name == model_name, BaselineClip.model_version == model_version)).one()
+        return int(size), int(newest or 0)
+
     def add_baseline_clip(self, session: Session, machine: Machine, clip: Clip, model_name: str, model_version: int,
                           embedding: bytes, model_score: float, by: str) -> bool:
         """Mark ``clip`` healthy in the machine's baseline for a model version (its

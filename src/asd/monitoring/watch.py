@@ -286,12 +286,12 @@ class Monitor:
         target = machine.baseline_clips
         if embedding is None or not target:
             return score, False
-        rows = self.store.baseline(session, machine, self.model_name, self.model_version)
-        if len(rows) < target:  # commissioning: no clip or window score yet
-            return {**score, "clip_score": None, "baseline_size": len(rows)}, True
+        key = self.store.baseline_key(session, machine, self.model_name, self.model_version)
+        if key[0] < target:  # commissioning: no clip or window score yet
+            return {**score, "clip_score": None, "baseline_size": key[0]}, True
         others = self.store.recent_clip_scores(session, machine, self.window - 1, self.model_name, self.model_version)
         # the first windows after commissioning hold fewer clips: judged by the threshold for their size
-        threshold, bank, _ = self._machine_threshold(machine, rows, len(others) + 1)
+        threshold, bank, _ = self._machine_threshold(session, machine, key, len(others) + 1)
         clip_score = float(baselines.clip_scores([result.score], embedding[None, :], bank)[0])
         window = others + [clip_score]
         window_score = float(np.mean(window))
@@ -299,14 +299,14 @@ class Monitor:
         if result.verdict == UNFAMILIAR and baselines.baseline_distances(embedding[None, :], bank).min() > threshold:
             verdict = UNFAMILIAR
         return {**score, "clip_score": clip_score, "window_score": window_score, "window_size": len(window),
-                "baseline_size": len(rows), "threshold": threshold, "verdict": verdict}, False
+                "baseline_size": key[0], "threshold": threshold, "verdict": verdict}, False
 
-    def _machine_threshold(self, machine, rows, window: int) -> tuple[float, np.ndarray, np.ndarray]:
+    def _machine_threshold(self, session, machine, key: tuple[int, int], window: int) -> tuple[float, np.ndarray, np.ndarray]:
         """``(threshold for windows of ``window`` clips, baseline embeddings (k, dim),
-        served scores (k,))`` of a machine's baseline rows, fitted once per baseline
-        (cached by its row ids)."""
-        key = (machine.id, tuple(r.id for r in rows))
+        served scores (k,))`` of a machine's baseline for this model version, read and
+        fitted once per baseline (``key``: :meth:`Store.baseline_key`)."""
         if self._thresholds.get(machine.id, (None,))[0] != key:
+            rows = self.store.baseline(session, machine, self.model_name, self.model_version)
             bank = np.stack([embedding_array(r.embedding) for r in rows])
             model_scores = np.array([r.model_score for r in rows])
             loo = baselines.leave_one_out_scores(model_scores, bank)
