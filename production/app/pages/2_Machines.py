@@ -106,16 +106,10 @@ def mark_healthy(store, db_url: str, machine: str, row, identity) -> None:
         by = (identity.name if identity.via == "sign-in" else
               st.text_input("Marked healthy by (your name)", key=f"baseline-by-{row.clip_id}"))
         if st.form_submit_button("Mark as healthy baseline"):
-            from asd.monitoring.clips import keep_in_store
+            from asd.monitoring.clips import baseline_keeper
             from asd.monitoring.store import default_clip_store
 
-            store_dir = default_clip_store(db_url)
-
-            def keep(clip):
-                try:
-                    return str(keep_in_store(Path(clip.path), store_dir, machine, "baseline", clip.id))
-                except OSError:
-                    return None
+            keep = baseline_keeper(default_clip_store(db_url), machine)
 
             if not by.strip():
                 st.error("Give your name: the baseline records who marked each clip.")

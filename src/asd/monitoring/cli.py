@@ -233,7 +233,7 @@ BASELINE_COLUMNS = ("clip_id", "recorded_at", "model_name", "model_version", "mo
 def cmd_baseline(args) -> int:
     import getpass
 
-    from .clips import keep_in_store
+    from .clips import baseline_keeper
     from .store import default_clip_store, open_store
 
     if args.until and not args.since:
@@ -252,13 +252,7 @@ def cmd_baseline(args) -> int:
             print(f"{args.machine}: {removed} baseline clip(s) removed by {by}; the monitor commissions it again "
                   "from its next clips")
             return 0
-        clip_store = Path(args.clip_store) if args.clip_store else default_clip_store(db)
-
-        def keep(clip):
-            try:
-                return str(keep_in_store(Path(clip.path), clip_store, args.machine, "baseline", clip.id))
-            except OSError:
-                return None  # the incoming file is gone; its embedding is kept all the same
+        keep = baseline_keeper(Path(args.clip_store) if args.clip_store else default_clip_store(db), args.machine)
 
         if args.add:
             ids = [int(c) for c in args.add if c.isdigit()]

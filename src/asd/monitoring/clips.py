@@ -76,6 +76,19 @@ def audio_files(folder: Path) -> list[Path]:
     return sorted(found)
 
 
+def baseline_keeper(store: Path, machine: str):
+    """``keep(clip) -> path or None``: copies a clip marked healthy into
+    ``store/<machine>/baseline/`` (:func:`keep_in_store`) and returns the copy's path, or
+    None when the incoming file is gone (its embedding is kept all the same)."""
+    def keep(clip) -> str | None:
+        try:
+            return str(keep_in_store(Path(clip.path), store, machine, "baseline", clip.id))
+        except OSError:
+            return None
+
+    return keep
+
+
 def keep_in_store(path: Path, store: Path, machine: str, folder: str, clip_id: int) -> Path:
     """Copy ``path`` to ``store/<machine>/<folder>/<clip id>-<name>`` (times kept; folder
     ``alert-<id>`` or ``baseline``) and return the copy's path; copying again overwrites
