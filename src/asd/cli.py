@@ -352,10 +352,12 @@ def cmd_benchmark(args) -> int:
             raise ConfigError(f"--seeds must be 1 to {len(config.seeds)} (the config lists {config.seeds})")
         config.seeds = config.seeds[: args.seeds]
     names = [d.strip() for d in args.detectors.split(",") if d.strip()] if args.detectors != "all" else list(config.detectors)
-    _require_machine_type_folder(args.data)
+    if not Path(args.data, "test").is_dir():
+        raise FileNotFoundError(f"{args.data}: needs a labelled test/ folder (DCASE names, or normal/ and anomaly/ "
+                                "folders); the training clips are its train/ folder's, or every other clip in it")
     from .measure.benchmark import run_benchmark  # imports the detectors' libraries
 
-    run_benchmark(args.data, config, names, args.out, max_train_clips=args.max_train_clips)
+    run_benchmark(args.data, config, names, args.out, max_train_clips=args.max_train_clips, update=args.update)
     print((Path(args.out) / "results.md").read_text(), end="")
     print(f"report: {Path(args.out) / 'results.md'}, {Path(args.out) / 'results.json'}; plots in {Path(args.out) / 'plots'}")
     return 0
@@ -572,7 +574,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_robustness)
 
     p = sub.add_parser("benchmark", help="train and evaluate several detectors on the same split; write a table and plots")
-    p.add_argument("--data", required=True, help="machine-type folder with train/ and labelled test/")
+    p.add_argument("--data", required=True, help="machine-type folder with a labelled test/ folder and normal "
+                   "training clips: its train/ folder's, or any other clips in it (any names, as asd train --data)")
     p.add_argument("--detectors", default="all", help="comma-separated entries of the config, or 'all' (default)")
     p.add_argument("--out", required=True, metavar="DIR", help="where results.md, results.json, scores.csv and plots/ go")
     p.add_argument("--config", default=DEFAULT_BENCHMARK_CONFIG, help=f"benchmark YAML (default {DEFAULT_BENCHMARK_CONFIG})")
@@ -580,6 +583,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a setting, e.g. detectors.conv_ae.training.epochs=2")
     p.add_argument("--seeds", type=int, help="use the first N seeds of the config for neural detectors (default: all)")
     p.add_argument("--max-train-clips", type=int, help="use this many training clips (quick runs)")
+    p.add_argument("--update", action="store_true", help="keep the other rows of the report already in --out (same "
+                   "data and seeds); the rows run now replace theirs: long rows can run one at a time")
     p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("loadtest", help="many concurrent scoring requests per backend: none lost or wrong; latency report")

@@ -21,7 +21,10 @@ their labels from the folders between the listed folder and the file
 - label: a ``normal/`` folder, or ``anomaly/`` or ``abnormal/`` (as MIMII has it); a
   training clip outside them is normal;
 - domain: a ``source/`` or ``target/`` folder, else ``source``;
-- section: a ``section_XX/`` or ``id_XX/`` folder (MIMII's machine ids), else 0.
+- section: a ``section_XX/`` or ``id_XX/`` folder (MIMII's machine ids), else 0;
+- attributes: any other folders, outermost first, under the key ``folder`` (e.g.
+  ``train/target/car_A1/rec_1.wav`` -> ``{"folder": "car_A1"}``), which a recipe with
+  ``labels: folders`` learns as classes.
 
 Folders are searched recursively. Training clips are a ``train/`` folder's when there is
 one, else every clip under the folder but a ``test/`` folder's (:func:`training_clips`);
@@ -191,6 +194,7 @@ def folder_clip(path: str | Path, root: str | Path, split: str | None, machine_t
     (module docstring): ``normal/``, ``anomaly/`` or ``abnormal/`` for the label (a
     training clip outside them is normal), ``source/`` or ``target/`` for the domain (else
     source), ``section_XX/`` or ``id_XX/`` for the section (else 0); the innermost wins.
+    Any other folders, outermost first and joined by ``/``, are the attribute ``folder``.
 
     Examples
     --------
@@ -199,14 +203,19 @@ def folder_clip(path: str | Path, root: str | Path, split: str | None, machine_t
     ('anomaly', 'source', 2, 'folders')
     >>> folder_clip("press/target/rec_1.wav", "press", "train", "press").domain
     'target'
+    >>> folder_clip("press/target/speed_28V/rec_1.wav", "press", "train", "press").attributes
+    {'folder': 'speed_28V'}
     """
     path, root = Path(path), Path(root)
     folders = [p.lower() for p in reversed(path.relative_to(root).parts[:-1])]
     label = next((LABEL_FOLDERS[f] for f in folders if f in LABEL_FOLDERS), "normal" if split == "train" else None)
     domain = next((f for f in folders if f in DOMAIN_FOLDERS), "source")
     section = next((int(m["section"]) for f in folders if (m := _SECTION_FOLDER.match(f))), 0)
+    others = [f for f in reversed(path.relative_to(root).parts[:-1])
+              if f.lower() not in LABEL_FOLDERS and f.lower() not in DOMAIN_FOLDERS and not _SECTION_FOLDER.match(f.lower())]
+    attributes = {"folder": "/".join(reversed(others))} if others else {}
     return ClipInfo(path=path, machine_type=machine_type, section=section, domain=domain, split=split, label=label,
-                    index=index, scheme="folders")
+                    index=index, attributes=attributes, scheme="folders")
 
 
 def has_label_folders(directory: str | Path) -> bool:

@@ -241,10 +241,12 @@ class MultiSpecAdaCosDetector(ServableDetector):
         smote_neighbours: int = Field(default=2, gt=0)
         kmeans_centres: int = Field(default=16, gt=0)
         rescale_k: int = Field(default=4, gt=0)
-        labels: Literal["attributes", "domains", "none"] = Field(
+        labels: Literal["attributes", "domains", "folders", "pseudo", "none"] = Field(
             default="attributes", description="classes of the auxiliary task: the clips' attribute strings (the domain "
-            "where a clip has none), their domains only (no attributes needed), or none at all: self-supervised "
-            "classes only (needs featex)")
+            "where a clip has none); their domains only (no attributes needed); domain x sub-folder (a user's "
+            "folders such as car_A1/, asd.data.folder_clip); domain x k-means pseudo-attribute of the log-mel "
+            "statistics (asd.detectors.pseudo_attributes); or none at all: self-supervised classes only (needs featex)")
+        pseudo_classes: int = Field(default=16, gt=0, description="labels: pseudo: k-means clusters")
         featex: bool = Field(default=False, description="feature exchange (FeatEx, Wilkinghoff ICASSP 2024): also "
                              "classify embeddings whose FFT-branch part comes from another clip")
         featex_probability: float = Field(default=0.5, ge=0, le=1, description="share of a batch's rows exchanged")
@@ -380,6 +382,27 @@ class MultiSpecAdaCosDetector(ServableDetector):
         with deterministic_ops():
             return self._fit(train, run_dir, log)
 
+    def class_names(self, train: ClipSet) -> list[str]:
+        """The auxiliary task's class of each training clip, by ``model.labels``.
+
+        Returns
+        -------
+        list of str, one per clip
+        """
+        labels, domains = self.params.labels, list(train.domains)
+        if labels == "attributes":
+            return [a or d for a, d in zip(train.attributes, domains)]
+        if labels == "domains":
+            return domains
+        if labels == "folders":  # the domain too: a user's source/ and target/ hold the same folder names
+            return [f"{d}:{c.attributes.get('folder', '-')}" for c, d in zip(train.clips, domains)]
+        if labels == "pseudo":
+            from .pseudo_attributes import pseudo_attributes
+
+            clusters = pseudo_attributes(train.logmels, self.params.pseudo_classes, self.seed)
+            return [f"{d}:{c}" for c, d in zip(clusters, domains)]
+        return ["normal"] * len(train)
+
     def _fit(self, train: ClipSet, run_dir=None, log=print):
         started = time.monotonic()
         key = self._network_key(train)
@@ -394,8 +417,7 @@ class MultiSpecAdaCosDetector(ServableDetector):
             return self
         waves = self.waveforms(train)
         # attribute-free: the domains, or one class, so that FeatEx's self-supervised classes teach the rest
-        names = {"attributes": lambda: [a or d for a, d in zip(train.attributes, train.domains)],
-                 "domains": lambda: list(train.domains), "none": lambda: ["normal"] * len(train)}[self.params.labels]()
+        names = self.class_names(train)
         classes = sorted(set(names))
         if len(classes) < 2 and not self.params.featex:
             raise ValueError(f"multispec_scac: the training clips make one class ({classes[0]}) for labels: "

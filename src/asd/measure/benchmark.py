@@ -20,6 +20,7 @@ import csv
 import json
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__
 from ..config import ConfigError, TrainingSettings, load_yaml_settings
-from ..data import list_clips
+from ..data import list_clips, training_clips
 from ..features import FeatureConfig
 from ..metrics import section_metrics
 from ..provenance import package_version
+from .renamed_view import renamed_training_set
 from ..scoring import choose_margin, fit_gamma_threshold
 
 FIGURES = ("auc_source", "auc_target", "pauc", "official_score")
@@ -42,12 +44,25 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class RenamedTraining(_Strict):
+    """Train the row on the training clips as a user's folder holds them
+    (:mod:`asd.measure.renamed_view`): ``rec_0001.flac`` ..., no attributes table."""
+
+    keep_domains: bool = Field(default=True, description="source/ and target/ folders (else every clip is source)")
+    attribute_folders: list[str] = Field(default_factory=list, description="attributes whose values become "
+                                         "sub-folders, e.g. [car] -> car_A1/")
+
+
 class DetectorEntry(_Strict):
     """One row of the benchmark: a detector kind with its settings."""
 
     kind: str
     model: dict[str, Any] = Field(default_factory=dict)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
+    seeds: list[int] | None = Field(default=None, min_length=1, description="this row's seeds (default: the "
+                                    "config's, all of them for neural rows, the first for the others)")
+    renamed: RenamedTraining | None = Field(default=None, description="train on a renamed copy of the training "
+                                            "clips (attribute-free rows); the test clips keep their DCASE labels")
 
 
 class BenchmarkConfig(_Strict):
@@ -104,15 +119,23 @@ def run_benchmark(
     out_dir: str | Path,
     max_train_clips: int | None = None,
     log=print,
+    update: bool = False,
 ) -> dict:
     """Train and evaluate ``detectors`` (entry names of ``config``) and write the report.
 
     Parameters
     ----------
     data_dir : path
-        A machine-type folder with ``train/`` (normal clips) and labelled ``test/``.
+        A machine-type folder with a labelled ``test/`` folder (DCASE names, or
+        ``normal/`` and ``anomaly/`` folders) and normal training clips: its ``train/``
+        folder's, or every other clip in it, with any names
+        (:func:`asd.data.training_clips`, as ``asd train --data`` reads them).
     max_train_clips : int, optional
         Use this many training clips (stratified by domain), for quick runs.
+    update : bool
+        Keep the rows of an earlier report in ``out_dir`` (same data, test clips and
+        seeds) that this run does not compute; the rows it computes replace theirs. Rows
+        that take long can so run one at a time, each committed as it arrives.
     log : callable or None
         Where progress lines go (``print``): the data, each row's fit, one line per epoch
         while a neural row trains (as ``asd train`` prints them, prefixed
@@ -141,7 +164,7 @@ def run_benchmark(
     data_dir = Path(data_dir)
 
     started = time.monotonic()
-    train = load_clipset([c for c in list_clips(data_dir, "train") if not c.is_anomaly], features)
+    train = load_clipset([c for c in training_clips(data_dir) if not c.is_anomaly], features)
     if max_train_clips and max_train_clips < len(train):
         train, _ = split_validation(train, 1 - max_train_clips / len(train), config.seeds[0])
     test = load_clipset(list_clips(data_dir, "test"), features)
@@ -151,52 +174,30 @@ def run_benchmark(
     fit_log = log  # None: the detectors build no lines
     log = log or (lambda line: None)
     log(f"{len(train)} training clips, {len(test)} test clips; log-mel {1000 * feature_s:.1f} ms per clip")
+    earlier = _earlier_report(out_dir, data_dir, test, config) if update else None  # checked before any training
 
     results: dict[str, dict] = {}
     first_scores: dict[str, np.ndarray] = {}
     for name in detectors:
         entry = config.detectors[name]
         probe = make_detector(entry.kind, features, entry.model, entry.training, config.seeds[0])
-        seeds = config.seeds if probe.neural else config.seeds[:1]
-        runs = []
-        for seed in seeds:
-            detector = make_detector(entry.kind, features, entry.model, entry.training, seed)
-            log(f"[{name}] seed {seed}: fitting ...")
-            t0 = time.monotonic()
-            # one line per epoch (or before and after a classical fit), as asd train prints them
-            detector.fit(train, log=_row_log(fit_log, f"[{name}] seed {seed}: "))
-            fit_s = time.monotonic() - t0
-            t0 = time.monotonic()
-            scores = np.asarray(detector.score(test), float)
-            score_ms = 1000 * (time.monotonic() - t0) / len(test)
-            train_scores = np.asarray(detector.training_scores(train), float)
-            run = {
-                "seed": seed,
-                **figures(labels, domains, scores),
-                "half_a": figures(labels[half_a], domains[half_a], scores[half_a]),
-                "half_b": figures(labels[~half_a], domains[~half_a], scores[~half_a]),
-                "fit_s": round(fit_s, 1),
-                "score_ms_per_clip": round(score_ms, 2),
-                "size_bytes": detector.size_bytes(),
-                "threshold": threshold_on_halves(train_scores, scores, labels, domains, half_a, config),
-                "info": detector.info,
-            }
-            log(f"[{name}] seed {seed}: official {run['official_score']:.4f} (AUC-source {run['auc_source']:.4f}, "
-                f"AUC-target {run['auc_target']:.4f}, pAUC {run['pauc']:.4f}); fit {fit_s:.0f} s")
-            if not runs:
-                first_scores[name] = scores
-                threshold = run["threshold"]["value"]
-                from ..plots import plot_roc_per_domain, plot_score_histogram
-
-                plot_roc_per_domain(labels, domains, scores, f"{name} (seed {seed})", out_dir / "plots" / f"{name}_roc.png")
-                plot_score_histogram(labels, domains, scores, threshold, f"{name} (seed {seed})", out_dir / "plots" / f"{name}_scores.png")
-            runs.append(run)
+        seeds = entry.seeds or (config.seeds if probe.neural else config.seeds[:1])
+        with tempfile.TemporaryDirectory(prefix=f"asd-{name}-") as renamed_dir:
+            row_train = train
+            if entry.renamed is not None:
+                row_train = renamed_training_set(train, renamed_dir, entry.renamed.keep_domains,
+                                                 tuple(entry.renamed.attribute_folders))
+                log(f"[{name}] trains on a renamed copy: rec_XXXX names, no attributes"
+                    + (", source/ and target/ folders" if entry.renamed.keep_domains else ", no domains")
+                    + "".join(f", {a}_<value>/ folders" for a in entry.renamed.attribute_folders))
+            runs = _row_runs(name, entry, row_train, test, seeds, half_a, config, out_dir, first_scores, fit_log, log)
         results[name] = {
             "kind": entry.kind,
             "description": probe.description,
             "servable": probe.servable,
             "neural": probe.neural,
-            "settings": {"model": probe.params.model_dump(), "training": entry.training.model_dump() if probe.neural else None},
+            "settings": {"model": probe.params.model_dump(), "training": entry.training.model_dump() if probe.neural else None,
+                         "renamed": entry.renamed.model_dump() if entry.renamed else None},
             "runs": runs,
             **{key: _summary(runs, key) for key in FIGURES + ("fit_s", "score_ms_per_clip", "size_bytes")},
             "half_a_official": _summary([r["half_a"] for r in runs], "official_score"),
@@ -204,6 +205,8 @@ def run_benchmark(
             "threshold": _threshold_summary(runs),
         }
 
+    if earlier is not None:
+        results, first_scores = _merged_rows(earlier, results, first_scores)
     report = {
         "data_dir": str(data_dir),
         "n_train_clips": len(train),
@@ -228,6 +231,77 @@ def run_benchmark(
         for i, clip in enumerate(test.clips):
             writer.writerow([clip.path.name, clip.domain, clip.label, "A" if half_a[i] else "B", *(f"{s[i]:.6f}" for s in first_scores.values())])
     return report
+
+
+def _earlier_report(out_dir: Path, data_dir: Path, test, config: BenchmarkConfig) -> tuple[dict, list[dict]] | None:
+    """The report already in ``out_dir`` (``results.json`` and the rows of ``scores.csv``),
+    or None where there is none.
+
+    Raises
+    ------
+    ConfigError
+        It was made on other data, test clips or seeds.
+    """
+    if not (out_dir / "results.json").is_file():
+        return None
+    earlier = json.loads((out_dir / "results.json").read_text())
+    with open(out_dir / "scores.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if (earlier.get("data_dir") != str(data_dir) or earlier.get("seeds") != config.seeds
+            or [r["file"] for r in rows] != [c.path.name for c in test.clips]):
+        raise ConfigError(f"--update: {out_dir / 'results.json'} was made on other data, test clips or seeds; "
+                          "write to another --out")
+    return earlier, rows
+
+
+def _merged_rows(earlier: tuple[dict, list[dict]], results: dict, first_scores: dict) -> tuple[dict, dict]:
+    """The earlier report's rows and per-clip scores with this run's in their place (or added)."""
+    report, rows = earlier
+    kept = {n: r for n, r in report["detectors"].items() if n not in results}
+    scores = {n: np.array([float(r[n]) for r in rows]) for n in kept if rows and n in rows[0]}
+    return {**kept, **results}, {**scores, **first_scores}
+
+
+def _row_runs(name, entry, train, test, seeds, half_a, config, out_dir, first_scores, fit_log, log) -> list[dict]:
+    """Fit and score one row with each seed; the first seed's scores go to
+    ``first_scores`` and its plots to ``out_dir/plots``."""
+    from ..detectors import make_detector
+
+    labels, domains = test.labels, test.domains
+    runs = []
+    for seed in seeds:
+        detector = make_detector(entry.kind, train.features, entry.model, entry.training, seed)
+        log(f"[{name}] seed {seed}: fitting ...")
+        t0 = time.monotonic()
+        # one line per epoch (or before and after a classical fit), as asd train prints them
+        detector.fit(train, log=_row_log(fit_log, f"[{name}] seed {seed}: "))
+        fit_s = time.monotonic() - t0
+        t0 = time.monotonic()
+        scores = np.asarray(detector.score(test), float)
+        score_ms = 1000 * (time.monotonic() - t0) / len(test)
+        train_scores = np.asarray(detector.training_scores(train), float)
+        run = {
+            "seed": seed,
+            **figures(labels, domains, scores),
+            "half_a": figures(labels[half_a], domains[half_a], scores[half_a]),
+            "half_b": figures(labels[~half_a], domains[~half_a], scores[~half_a]),
+            "fit_s": round(fit_s, 1),
+            "score_ms_per_clip": round(score_ms, 2),
+            "size_bytes": detector.size_bytes(),
+            "threshold": threshold_on_halves(train_scores, scores, labels, domains, half_a, config),
+            "info": detector.info,
+        }
+        log(f"[{name}] seed {seed}: official {run['official_score']:.4f} (AUC-source {run['auc_source']:.4f}, "
+            f"AUC-target {run['auc_target']:.4f}, pAUC {run['pauc']:.4f}); fit {fit_s:.0f} s")
+        if not runs:
+            first_scores[name] = scores
+            threshold = run["threshold"]["value"]
+            from ..plots import plot_roc_per_domain, plot_score_histogram
+
+            plot_roc_per_domain(labels, domains, scores, f"{name} (seed {seed})", out_dir / "plots" / f"{name}_roc.png")
+            plot_score_histogram(labels, domains, scores, threshold, f"{name} (seed {seed})", out_dir / "plots" / f"{name}_scores.png")
+        runs.append(run)
+    return runs
 
 
 def _row_log(log, prefix: str):
@@ -322,17 +396,18 @@ def markdown_table(report: dict) -> str:
     lines = [
         f"Benchmark on `{report['data_dir']}`: {report['n_train_clips']} normal training clips, "
         f"{report['n_test_clips']} test clips; seeds {', '.join(map(str, report['seeds']))} "
-        "(neural detectors: all seeds, mean ± sd; others: the first seed).",
+        "(neural detectors: all seeds, mean ± sd; others: the first seed; a row may name its own).",
         "",
-        "| detector | served by TF Serving | runs | AUC-source | AUC-target | pAUC | official score | official, half A / half B | training (s) | scoring (ms/clip) | model size (KB) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| detector | served by TF Serving | seeds | AUC-source | AUC-target | pAUC | official score | official, half A / half B | training (s) | scoring (ms/clip) | scoring (clips/s) | model size (KB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in rows:
         lines.append(
-            f"| `{name}` | {'yes' if r['servable'] else 'no'} | {len(r['runs'])} | {_mean_sd(r['auc_source'])} | "
+            f"| `{name}` | {'yes' if r['servable'] else 'no'} | {', '.join(str(run['seed']) for run in r['runs'])} | {_mean_sd(r['auc_source'])} | "
             f"{_mean_sd(r['auc_target'])} | {_mean_sd(r['pauc'])} | **{_mean_sd(r['official_score'])}** | "
             f"{r['half_a_official']['mean']:.3f} / {r['half_b_official']['mean']:.3f} | {r['fit_s']['mean']:.0f} | "
-            f"{r['score_ms_per_clip']['mean']:.1f} | {r['size_bytes']['mean'] / 1024:.0f} |"
+            f"{r['score_ms_per_clip']['mean']:.1f} | {1000 / max(r['score_ms_per_clip']['mean'], 1e-3):.0f} | "
+            f"{r['size_bytes']['mean'] / 1024:.0f} |"
         )
     limits = report.get("max_false_alarms", {})
     lines += [
