@@ -48,7 +48,7 @@ def aisfx_weights(wheel: zipfile.ZipFile, member: str, folder: Path) -> dict[str
         import torch
     except ImportError:
         raise SystemExit("convert_encoders: aisfx's checkpoint is a PyTorch file; install torch (CPU) first: "
-                         "pip install torch") from None
+                         "pip install torch==2.13.0 (the CPU build; plain torch pulls a multi-GB CUDA build)") from None
     path = Path(wheel.extract(member, folder))
     # the tuple holds numpy scalars, which torch >= 2.6 refuses with weights_only=True; the
     # file comes from the wheel whose hash is recorded beside the archive
