@@ -10,6 +10,12 @@ the best detector by them uses test labels (as DCASE teams do on the dev set). T
 held-apart check splits the test clips in two halves stratified by domain and label,
 chooses the best detector on half A, and reports its figure on half B.
 
+A row may name its own seeds, and may train on a renamed copy of the training clips
+(``renamed:``; :mod:`asd.measure.renamed_view`): ``rec_0001.flac`` ... with no attributes,
+as a user's folder holds them (issue 30's ``attribute_free_*`` rows). With ``update``
+the rows of an earlier report in the same folder are kept, so that rows which each take
+many minutes run one at a time and each is kept as it arrives.
+
 Writes ``results.json``, ``results.md``, ``scores.csv`` (each clip's score per detector,
 first seed) and, per detector, ``plots/<entry>_roc.png`` and ``plots/<entry>_scores.png``.
 """
