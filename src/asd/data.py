@@ -207,13 +207,14 @@ def folder_clip(path: str | Path, root: str | Path, split: str | None, machine_t
     {'folder': 'speed_28V'}
     """
     path, root = Path(path), Path(root)
-    folders = [p.lower() for p in reversed(path.relative_to(root).parts[:-1])]
+    parts = path.relative_to(root).parts[:-1]  # outermost first
+    folders = [p.lower() for p in reversed(parts)]  # innermost first: the innermost wins
     label = next((LABEL_FOLDERS[f] for f in folders if f in LABEL_FOLDERS), "normal" if split == "train" else None)
     domain = next((f for f in folders if f in DOMAIN_FOLDERS), "source")
     section = next((int(m["section"]) for f in folders if (m := _SECTION_FOLDER.match(f))), 0)
-    others = [f for f in reversed(path.relative_to(root).parts[:-1])
-              if f.lower() not in LABEL_FOLDERS and f.lower() not in DOMAIN_FOLDERS and not _SECTION_FOLDER.match(f.lower())]
-    attributes = {"folder": "/".join(reversed(others))} if others else {}
+    others = [p for p in parts
+              if p.lower() not in LABEL_FOLDERS and p.lower() not in DOMAIN_FOLDERS and not _SECTION_FOLDER.match(p.lower())]
+    attributes = {"folder": "/".join(others)} if others else {}
     return ClipInfo(path=path, machine_type=machine_type, section=section, domain=domain, split=split, label=label,
                     index=index, attributes=attributes, scheme="folders")
 
