@@ -86,6 +86,7 @@ def test_benchmark_rows_run_one_at_a_time_with_update(tmp_path):
     assert "trains on a renamed copy: rec_XXXX names, no attributes, source/ and target/ folders, car_<value>/ folders" in first.stdout
     assert "[attribute_free_folders] seed 13711: network 1/1, epoch 1/1: loss" in first.stdout
     report = json.loads((out / "results.json").read_text())
+    assert "Total run time" in (out / "results.md").read_text() and not report["updated"]
     row = report["detectors"]["attribute_free_folders"]
     assert [r["seed"] for r in row["runs"]] == [13711] and row["settings"]["renamed"]["attribute_folders"] == ["car"]
 
@@ -102,6 +103,9 @@ def test_benchmark_rows_run_one_at_a_time_with_update(tmp_path):
     table = (out / "results.md").read_text()
     assert "| `attribute_free_folders` | yes | 13711 |" in table and "| `attribute_free_conv_ae` |" in table
     assert "scoring (clips/s)" in table
+    # the run time is this run's, which trained one row only: the table says so
+    assert report["updated"] and "The last run (which added rows with --update) took" in table
+    assert "Total run time" not in table
 
     other_seeds = asd("benchmark", "--data", SUBSET, "--config", CONFIG, "--out", out, "--detectors",
                       "attribute_free_conv_ae", "--update", "--set", "seeds=[1]", *sets)

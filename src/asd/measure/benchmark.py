@@ -22,6 +22,7 @@ first seed) and, per detector, ``plots/<entry>_roc.png`` and ``plots/<entry>_sco
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -188,7 +189,9 @@ def run_benchmark(
         entry = config.detectors[name]
         probe = make_detector(entry.kind, features, entry.model, entry.training, config.seeds[0])
         seeds = entry.seeds or (config.seeds if probe.neural else config.seeds[:1])
-        with tempfile.TemporaryDirectory(prefix=f"asd-{name}-") as renamed_dir:
+        # only a renamed row needs a folder of its own (symlinks to the clips)
+        folder = tempfile.TemporaryDirectory(prefix=f"asd-{name}-") if entry.renamed else contextlib.nullcontext()
+        with folder as renamed_dir:
             row_train = train
             if entry.renamed is not None:
                 row_train = renamed_training_set(train, renamed_dir, entry.renamed.keep_domains,
@@ -225,7 +228,8 @@ def run_benchmark(
         "max_false_alarms": config.max_false_alarms,
         "detectors": results,
         "selection": _selection(results),
-        "duration_s": round(time.monotonic() - started, 1),
+        "duration_s": round(time.monotonic() - started, 1),  # this run's; an --update run adds rows only
+        "updated": earlier is not None,
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
         "versions": _versions(),
     }
@@ -447,8 +451,9 @@ def markdown_table(report: dict) -> str:
         f"**{held['official_half_b']:.3f} on B**.",
         f"Log-mel features: {report['feature_ms_per_clip']:.1f} ms per clip (computed once, shared); "
         "scoring time excludes them. Model size: float32 weights of neural detectors, pickled state of "
-        "the others. Total run time "
-        f"{report['duration_s'] / 60:.1f} min on {report['machine']['cpus']} CPU cores.",
+        "the others. "
+        + ("The last run (which added rows with --update) took " if report.get("updated") else "Total run time ")
+        + f"{report['duration_s'] / 60:.1f} min on {report['machine']['cpus']} CPU cores.",
         "",
     ]
     return "\n".join(lines)
