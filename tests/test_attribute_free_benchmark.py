@@ -114,6 +114,18 @@ def test_benchmark_rows_run_one_at_a_time_with_update(tmp_path):
     assert set(json.loads((out / "results.json").read_text())["detectors"]) == {"attribute_free_folders",
                                                                                "attribute_free_conv_ae"}
 
+    # a second seed for a row already run: seed 13711's run is kept, only seed 5 trains
+    more = asd("benchmark", "--data", SUBSET, "--config", CONFIG, "--out", out, "--detectors", "attribute_free_folders",
+               "--update", "--set", "detectors.attribute_free_folders.seeds=[13711,5]", *sets)
+    assert more.returncode == 0, more.stderr
+    assert "[attribute_free_folders] seed 13711: kept from the earlier report (same settings)" in more.stdout
+    assert "seed 13711: network 1/1" not in more.stdout and "[attribute_free_folders] seed 5: network 1/1" in more.stdout
+    grown = json.loads((out / "results.json").read_text())["detectors"]["attribute_free_folders"]
+    assert [r["seed"] for r in grown["runs"]] == [13711, 5] and grown["runs"][0] == row["runs"][0]
+    with open(out / "scores.csv") as handle:
+        assert [r["attribute_free_folders"] for r in csv.DictReader(handle)] == [s["attribute_free_folders"] for s in scores]
+    assert "| `attribute_free_folders` | yes | 13711, 5 |" in (out / "results.md").read_text()
+
 
 def test_benchmark_reads_a_users_folder_with_any_names_and_a_mimii_style_test_folder(tmp_path):
     import shutil

@@ -584,7 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, help="use the first N seeds of the config for neural detectors (default: all)")
     p.add_argument("--max-train-clips", type=int, help="use this many training clips (quick runs)")
     p.add_argument("--update", action="store_true", help="keep the other rows of the report already in --out (same "
-                   "data and seeds); the rows run now replace theirs: long rows can run one at a time")
+                   "data and seeds); the rows run now replace theirs: long rows can run one at a time. A row run again with the "
+                   "same settings keeps its earlier seeds' runs and trains only new seeds")
     p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("loadtest", help="many concurrent scoring requests per backend: none lost or wrong; latency report")

@@ -142,7 +142,9 @@ def run_benchmark(
     update : bool
         Keep the rows of an earlier report in ``out_dir`` (same data, test clips and
         seeds) that this run does not compute; the rows it computes replace theirs. Rows
-        that take long can so run one at a time, each committed as it arrives.
+        that take long can so run one at a time, each committed as it arrives. A row
+        computed again with the same settings keeps its earlier runs of the seeds it
+        names and trains only the others, so seeds can be added one run at a time.
     log : callable or None
         Where progress lines go (``print``): the data, each row's fit, one line per epoch
         while a neural row trains (as ``asd train`` prints them, prefixed
@@ -189,6 +191,9 @@ def run_benchmark(
         entry = config.detectors[name]
         probe = make_detector(entry.kind, features, entry.model, entry.training, config.seeds[0])
         seeds = entry.seeds or (config.seeds if probe.neural else config.seeds[:1])
+        settings = {"model": probe.params.model_dump(), "training": entry.training.model_dump() if probe.neural else None,
+                    "renamed": entry.renamed.model_dump() if entry.renamed else None}
+        kept = _kept_runs(earlier, name, entry.kind, settings, seeds)
         # only a renamed row needs a folder of its own (symlinks to the clips)
         folder = tempfile.TemporaryDirectory(prefix=f"asd-{name}-") if entry.renamed else contextlib.nullcontext()
         with folder as renamed_dir:
@@ -199,14 +204,13 @@ def run_benchmark(
                 log(f"[{name}] trains on a renamed copy: rec_XXXX names, no attributes"
                     + (", source/ and target/ folders" if entry.renamed.keep_domains else ", no domains")
                     + "".join(f", {a}_<value>/ folders" for a in entry.renamed.attribute_folders))
-            runs = _row_runs(name, entry, row_train, test, seeds, half_a, config, out_dir, first_scores, fit_log, log)
+            runs = _row_runs(name, entry, row_train, test, seeds, half_a, config, out_dir, first_scores, fit_log, log, kept)
         results[name] = {
             "kind": entry.kind,
             "description": probe.description,
             "servable": probe.servable,
             "neural": probe.neural,
-            "settings": {"model": probe.params.model_dump(), "training": entry.training.model_dump() if probe.neural else None,
-                         "renamed": entry.renamed.model_dump() if entry.renamed else None},
+            "settings": settings,
             "runs": runs,
             **{key: _summary(runs, key) for key in FIGURES + ("fit_s", "score_ms_per_clip", "size_bytes")},
             "half_a_official": _summary([r["half_a"] for r in runs], "official_score"),
@@ -272,14 +276,40 @@ def _merged_rows(earlier: tuple[dict, list[dict]], results: dict, first_scores: 
     return {**kept, **results}, {**scores, **first_scores}
 
 
-def _row_runs(name, entry, train, test, seeds, half_a, config, out_dir, first_scores, fit_log, log) -> list[dict]:
+def _kept_runs(earlier: tuple[dict, list[dict]] | None, name: str, kind: str, settings: dict,
+               seeds: list[int]) -> dict[int, tuple[dict, np.ndarray | None]]:
+    """The earlier report's runs of row ``name`` that an ``--update`` run keeps instead of
+    training them again: those of ``seeds`` when the row had the same kind and settings.
+    Each maps its seed to ``(run, scores)``; the per-clip scores (``scores.csv``) are
+    known for the row's first seed only, None for the others."""
+    if earlier is None or name not in earlier[0]["detectors"]:
+        return {}
+    row, rows = earlier[0]["detectors"][name], earlier[1]
+    if row.get("kind") != kind or json.loads(json.dumps(settings)) != row.get("settings"):
+        return {}
+    first = row["runs"][0]["seed"] if row["runs"] else None
+    return {run["seed"]: (run, np.array([float(r[name]) for r in rows]) if run["seed"] == first and rows else None)
+            for run in row["runs"] if run["seed"] in seeds}
+
+
+def _row_runs(name, entry, train, test, seeds, half_a, config, out_dir, first_scores, fit_log, log,
+              kept: dict | None = None) -> list[dict]:
     """Fit and score one row with each seed; the first seed's scores go to
-    ``first_scores`` and its plots to ``out_dir/plots``."""
+    ``first_scores`` and its plots to ``out_dir/plots``. Seeds in ``kept``
+    (:func:`_kept_runs`) are not trained again, unless the first seed's scores are unknown."""
     from ..detectors import make_detector
 
     labels, domains = test.labels, test.domains
     runs = []
+    kept = kept or {}
     for seed in seeds:
+        if seed in kept and (runs or kept[seed][1] is not None):
+            run, scores = kept[seed]
+            if not runs:
+                first_scores[name] = scores  # its plots are in out_dir/plots already
+            log(f"[{name}] seed {seed}: kept from the earlier report (same settings): official {run['official_score']:.4f}")
+            runs.append(run)
+            continue
         detector = make_detector(entry.kind, train.features, entry.model, entry.training, seed)
         log(f"[{name}] seed {seed}: fitting ...")
         t0 = time.monotonic()
