@@ -90,6 +90,38 @@ def test_a_folder_of_plain_names_trains_a_served_model_with_a_training_only_thre
     assert np.isfinite(result.score)
 
 
+def asset_folder(folder: Path) -> Path:
+    """The subset's training clips as a plant records per asset: ``<domain>/car_<id>/rec_<n>.flac``."""
+    for i, clip in enumerate(TRAIN_CLIPS, 1):
+        domain, car = clip.name.split("_")[2], clip.name.split("_car_")[1].split("_")[0]
+        where = folder / domain / f"car_{car}"
+        where.mkdir(parents=True, exist_ok=True)
+        shutil.copy(clip, where / f"rec_{i:03d}.flac")
+    return folder
+
+
+def test_sub_folders_named_like_attributes_are_the_classes(tmp_path):
+    """car_B1/, car_A1/... under source/ and target/: the classes are domain x sub-folder
+    (row attribute_free_folders), said in the output and kept in the metadata; a --set wins."""
+    from asd.config import folder_train_config
+    from asd.metadata import ModelMetadata
+
+    data = asset_folder(tmp_path / "toycars")
+    run = asd(*train_args(data, tmp_path))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "the classes domain x sub-folder (car_A1, car_A2, car_B1, car_B2, ...;" in run.stdout
+    meta = ModelMetadata.read(tmp_path / "models" / "toycars" / "1")
+    cars = {(c.name.split("_")[2], "car_" + c.name.split("_car_")[1].split("_")[0]) for c in TRAIN_CLIPS}
+    assert meta.training["classes"] == sorted(f"{d}:{car}" for d, car in cars)
+    assert meta.training["config"]["model"]["labels"] == "folders" and not meta.training["config"]["model"]["featex"]
+
+    config, recipe = folder_train_config(data, None, None, ["model.labels=domains", "model.featex=true"])
+    assert config.model["labels"] == "domains" and config.model["featex"] is True
+    # a folder of one asset's clips has no sub-folder to take: the domains (and FeatEx)
+    config, recipe = folder_train_config(data / "target" / "car_A1", None)
+    assert config.model["labels"] == "domains" and recipe.endswith("attribute_free.yaml")
+
+
 def test_a_mimii_style_test_folder_evaluates_as_the_dcase_names_do(trained_model, tmp_path):
     """normal/ and abnormal/ folders (with source/ and target/ above them) give the same
     figures as the same clips under their DCASE names; without domain folders every clip

@@ -192,6 +192,11 @@ def load_train_config(path: str | Path, overrides: list[str] | None = None) -> T
 # attributes; any other folder with the attribute-free classes.
 DCASE_RECIPE = "toycar.yaml"
 ATTRIBUTE_FREE_RECIPE = "attribute_free.yaml"
+# Sub-folders named as DCASE names attributes, <name>_<value> (car_A1/, speed_28V/, press_07/),
+# are classes of the auxiliary task: row attribute_free_folders of benchmarks/attribute_free.
+# Folders named otherwise (dates, 2026-11-03/) are not taken for attributes.
+ATTRIBUTE_FOLDER = re.compile(r"[A-Za-z][A-Za-z0-9]*_[A-Za-z0-9.+-]+")
+FOLDER_CLASSES = ["model.labels=folders", "model.featex=false"]
 
 
 def machine_name(folder: str | Path) -> str:
@@ -210,13 +215,16 @@ def folder_train_config(data: str | Path, name: str | None = None, config: str |
     names avoid replaced by ``_``. Without ``config``, the recipe is
     ``development/configs/toycar.yaml`` when FOLDER's training clips all carry DCASE names
     (attributes included, as ``asd train --config`` trains them) and
-    ``attribute_free.yaml`` otherwise (:data:`ATTRIBUTE_FREE_RECIPE`).
+    ``attribute_free.yaml`` otherwise (:data:`ATTRIBUTE_FREE_RECIPE`). With the latter,
+    when the training clips sit in sub-folders named like attributes, at least two of them
+    (:func:`attribute_folders`), those are the classes (:data:`FOLDER_CLASSES`, before
+    ``overrides``, which win).
 
     Returns
     -------
     config : TrainConfig
     recipe : str
-        The YAML file the run starts from.
+        The YAML file the run starts from, and the classes when sub-folders give them.
 
     Raises
     ------
@@ -227,13 +235,43 @@ def folder_train_config(data: str | Path, name: str | None = None, config: str |
 
     data = Path(os.path.expanduser(str(data)))
     clips = training_clips(data)  # refuses a missing or empty folder at once
+    recipe = None
     if config is None:
         folder = configs_dir()
         if folder is None:
             raise ConfigError("no development/configs folder here or in the installed repository: give --config")
         dcase = all(c.scheme != "folders" for c in clips)
         config = folder / (DCASE_RECIPE if dcase else ATTRIBUTE_FREE_RECIPE)
+        classes = [] if dcase else attribute_folders(clips)
+        if classes:
+            overrides = FOLDER_CLASSES + list(overrides or [])
+            recipe = (f"{config}, the classes domain x sub-folder ({', '.join(classes[:4])}"
+                      f"{', ...' if len(classes) > 4 else ''}; {' '.join('--set ' + o for o in FOLDER_CLASSES)})")
     machine_type = name or machine_name(data)
     model_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", machine_type).strip("_.") or "model"
     values = {"data_dir": str(data), "name": model_name, "machine_type": machine_type}
-    return load_yaml_settings(config, TrainConfig, overrides, values_set=values), str(config)
+    return load_yaml_settings(config, TrainConfig, overrides, values_set=values), recipe or str(config)
+
+
+def attribute_folders(clips) -> list[str]:
+    """The sub-folders of a user's training clips that name attributes, sorted: those of
+    ``clip.attributes["folder"]`` (:func:`asd.data.folder_clip`) when every clip has one,
+    every folder in it is named ``<name>_<value>`` (:data:`ATTRIBUTE_FOLDER`) and they
+    split some domain in two or more classes; else none.
+
+    Examples
+    --------
+    >>> from asd.data import folder_clip
+    >>> clips = [folder_clip(f"m/{f}/r.wav", "m", "train", "m") for f in ("car_A1", "car_A2", "target/car_A2")]
+    >>> attribute_folders(clips)
+    ['car_A1', 'car_A2']
+    >>> attribute_folders([folder_clip(f"m/{f}/r.wav", "m", "train", "m") for f in ("2026-11-03", "2026-11-04")])
+    []
+    >>> attribute_folders([folder_clip(f"m/{f}/r.wav", "m", "train", "m") for f in ("car_A1", "target/car_A2")])
+    []
+    """
+    names = [c.attributes.get("folder") for c in clips]
+    if not all(names) or not all(ATTRIBUTE_FOLDER.fullmatch(part) for n in names for part in n.split("/")):
+        return []
+    classes = {(c.domain, n) for c, n in zip(clips, names)}
+    return sorted(set(names)) if len(classes) > len({c.domain for c in clips}) else []
