@@ -125,6 +125,13 @@ def test_benchmark_rows_run_one_at_a_time_with_update(tmp_path):
     with open(out / "scores.csv") as handle:
         assert [r["attribute_free_folders"] for r in csv.DictReader(handle)] == [s["attribute_free_folders"] for s in scores]
     assert "| `attribute_free_folders` | yes | 13711, 5 |" in (out / "results.md").read_text()
+    # --retrain: after a change to the training code, every seed trains again
+    again = asd("benchmark", "--data", SUBSET, "--config", CONFIG, "--out", out, "--detectors", "attribute_free_folders",
+                "--update", "--retrain", "--set", "detectors.attribute_free_folders.seeds=[13711]", *sets)
+    assert again.returncode == 0, again.stderr
+    assert "kept from the earlier report" not in again.stdout and "seed 13711: network 1/1" in again.stdout
+    lone = asd("benchmark", "--data", SUBSET, "--config", CONFIG, "--out", out, "--retrain", *sets)
+    assert lone.returncode == 2 and lone.stderr.strip() == "asd: error: --retrain goes with --update (without it every row trains anyway)"
 
 
 def test_benchmark_reads_a_users_folder_with_any_names_and_a_mimii_style_test_folder(tmp_path):

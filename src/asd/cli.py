@@ -346,6 +346,8 @@ DEFAULT_BENCHMARK_CONFIG = "development/configs/benchmark.yaml"
 def cmd_benchmark(args) -> int:
     from .measure.benchmark import load_benchmark_config
 
+    if args.retrain and not args.update:
+        raise ConfigError("--retrain goes with --update (without it every row trains anyway)")
     config = load_benchmark_config(args.config, args.set)
     if args.seeds is not None:
         if not 1 <= args.seeds <= len(config.seeds):
@@ -357,7 +359,8 @@ def cmd_benchmark(args) -> int:
                                 "folders); the training clips are its train/ folder's, or every other clip in it")
     from .measure.benchmark import run_benchmark  # imports the detectors' libraries
 
-    run_benchmark(args.data, config, names, args.out, max_train_clips=args.max_train_clips, update=args.update)
+    run_benchmark(args.data, config, names, args.out, max_train_clips=args.max_train_clips, update=args.update,
+                  retrain=args.retrain)
     print((Path(args.out) / "results.md").read_text(), end="")
     print(f"report: {Path(args.out) / 'results.md'}, {Path(args.out) / 'results.json'}; plots in {Path(args.out) / 'plots'}")
     return 0
@@ -586,6 +589,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--update", action="store_true", help="keep the other rows of the report already in --out (same "
                    "data and seeds); the rows run now replace theirs: long rows can run one at a time. A row run again with the "
                    "same settings keeps its earlier seeds' runs and trains only new seeds")
+    p.add_argument("--retrain", action="store_true", help="with --update: train every seed of the rows named again, "
+                   "also those an earlier run of the same settings has (after a change to the training code)")
     p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("loadtest", help="many concurrent scoring requests per backend: none lost or wrong; latency report")

@@ -127,6 +127,7 @@ def run_benchmark(
     max_train_clips: int | None = None,
     log=print,
     update: bool = False,
+    retrain: bool = False,
 ) -> dict:
     """Train and evaluate ``detectors`` (entry names of ``config``) and write the report.
 
@@ -145,6 +146,9 @@ def run_benchmark(
         that take long can so run one at a time, each committed as it arrives. A row
         computed again with the same settings keeps its earlier runs of the seeds it
         names and trains only the others, so seeds can be added one run at a time.
+    retrain : bool
+        With ``update``: train every seed of the rows computed again, kept runs or not
+        (after a change to the code that trains them).
     log : callable or None
         Where progress lines go (``print``): the data, each row's fit, one line per epoch
         while a neural row trains (as ``asd train`` prints them, prefixed
@@ -193,7 +197,7 @@ def run_benchmark(
         seeds = entry.seeds or (config.seeds if probe.neural else config.seeds[:1])
         settings = {"model": probe.params.model_dump(), "training": entry.training.model_dump() if probe.neural else None,
                     "renamed": entry.renamed.model_dump() if entry.renamed else None}
-        kept = _kept_runs(earlier, name, entry.kind, settings, seeds)
+        kept = {} if retrain else _kept_runs(earlier, name, entry.kind, settings, seeds)
         # only a renamed row needs a folder of its own (symlinks to the clips)
         folder = tempfile.TemporaryDirectory(prefix=f"asd-{name}-") if entry.renamed else contextlib.nullcontext()
         with folder as renamed_dir:
