@@ -276,8 +276,14 @@ def _merged_rows(earlier: tuple[dict, list[dict]], results: dict, first_scores: 
     """The earlier report's rows and per-clip scores with this run's in their place (or added)."""
     report, rows = earlier
     kept = {n: r for n, r in report["detectors"].items() if n not in results}
-    scores = {n: np.array([float(r[n]) for r in rows]) for n in kept if rows and n in rows[0]}
+    scores = {n: column for n in kept if (column := _earlier_scores(rows, n)) is not None}
     return {**kept, **results}, {**scores, **first_scores}
+
+
+def _earlier_scores(rows: list[dict], name: str) -> np.ndarray | None:
+    """Row ``name``'s per-clip scores in the earlier ``scores.csv`` rows (its first seed's),
+    or None where that file has no such column."""
+    return np.array([float(r[name]) for r in rows]) if rows and name in rows[0] else None
 
 
 def _kept_runs(earlier: tuple[dict, list[dict]] | None, name: str, kind: str, settings: dict,
@@ -292,7 +298,7 @@ def _kept_runs(earlier: tuple[dict, list[dict]] | None, name: str, kind: str, se
     if row.get("kind") != kind or json.loads(json.dumps(settings)) != row.get("settings"):
         return {}
     first = row["runs"][0]["seed"] if row["runs"] else None
-    return {run["seed"]: (run, np.array([float(r[name]) for r in rows]) if run["seed"] == first and rows else None)
+    return {run["seed"]: (run, _earlier_scores(rows, name) if run["seed"] == first else None)
             for run in row["runs"] if run["seed"] in seeds}
 
 
